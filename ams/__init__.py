@@ -1,0 +1,1 @@
+"""AMS, the Autonomous Memory System: shared settings, auth, observability and the `ams` CLI."""

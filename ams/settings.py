@@ -1,0 +1,113 @@
+"""Every setting of every AMS package, in one place.
+
+Each field reads an ``AMS_``-prefixed environment variable and falls back to a default that fits the
+local stack (`ams up`), so a fresh checkout runs with no configuration at all.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"AMS_{name}", default)
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = _env(name, str(default))
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"AMS_{name}={raw!r} is not a whole number; fix or unset it.") from None
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = _env(name, str(default))
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"AMS_{name}={raw!r} is not a number; fix or unset it.") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where the local stack keeps its data, logs and pid files, and where downloads are cached.
+    home: Path = field(default_factory=lambda: Path(_env("HOME", str(REPO_ROOT / ".ams"))))
+    cache_dir: Path = field(
+        default_factory=lambda: Path(_env("CACHE_DIR", str(Path.home() / ".cache" / "ams")))
+    )
+
+    # Kafka: the log, the only write model.
+    kafka_port: int = field(default_factory=lambda: _env_int("KAFKA_PORT", 19092))
+    kafka_controller_port: int = field(
+        default_factory=lambda: _env_int("KAFKA_CONTROLLER_PORT", 19093)
+    )
+    kafka_bootstrap: str = ""
+    events_topic: str = field(default_factory=lambda: _env("EVENTS_TOPIC", "memory.events"))
+    dlq_topic: str = field(default_factory=lambda: _env("DLQ_TOPIC", "memory.dlq"))
+    partitions: int = field(default_factory=lambda: _env_int("PARTITIONS", 6))
+    kafka_heap: str = field(default_factory=lambda: _env("KAFKA_HEAP", "512m"))
+
+    # Redis: the hot projection.
+    redis_port: int = field(default_factory=lambda: _env_int("REDIS_PORT", 16379))
+    redis_url: str = ""
+    redis_prefix: str = field(default_factory=lambda: _env("REDIS_PREFIX", "ams"))
+
+    # PostgreSQL: the durable projection.
+    postgres_port: int = field(default_factory=lambda: _env_int("POSTGRES_PORT", 15432))
+    postgres_dsn: str = ""
+
+    # The query gateway.
+    gateway_host: str = field(default_factory=lambda: _env("GATEWAY_HOST", "127.0.0.1"))
+    gateway_port: int = field(default_factory=lambda: _env_int("GATEWAY_PORT", 8787))
+    projector_metrics_port: int = field(
+        default_factory=lambda: _env_int("PROJECTOR_METRICS_PORT", 9187)
+    )
+
+    # Commands and reads.
+    default_tenant: str = field(default_factory=lambda: _env("DEFAULT_TENANT", "default"))
+    max_value_bytes: int = field(default_factory=lambda: _env_int("MAX_VALUE_BYTES", 1 << 20))
+    max_body_bytes: int = field(default_factory=lambda: _env_int("MAX_BODY_BYTES", 4 << 20))
+    write_timeout: float = field(default_factory=lambda: _env_float("WRITE_TIMEOUT", 5.0))
+    read_wait_timeout: float = field(default_factory=lambda: _env_float("READ_WAIT_TIMEOUT", 5.0))
+
+    # Auth: OAuth2 bearer JWTs. The algorithms are fixed here, never taken from a token.
+    jwt_secret: str = field(default_factory=lambda: _env("JWT_SECRET", "ams-local-development-secret-not-for-production"))
+    jwt_algorithms: tuple[str, ...] = field(
+        default_factory=lambda: tuple(_env("JWT_ALGORITHMS", "HS256").split(","))
+    )
+    jwt_audience: str = field(default_factory=lambda: _env("JWT_AUDIENCE", "ams"))
+    jwt_issuer: str = field(default_factory=lambda: _env("JWT_ISSUER", "ams-local"))
+    jwt_public_key: str = field(default_factory=lambda: _env("JWT_PUBLIC_KEY", ""))
+    jwks_url: str = field(default_factory=lambda: _env("JWKS_URL", ""))
+    tenant_claim: str = field(default_factory=lambda: _env("TENANT_CLAIM", "tenant"))
+
+    def __post_init__(self) -> None:
+        # Derived addresses follow the ports unless given explicitly.
+        if not self.kafka_bootstrap:
+            bootstrap = _env("KAFKA_BOOTSTRAP", f"127.0.0.1:{self.kafka_port}")
+            object.__setattr__(self, "kafka_bootstrap", bootstrap)
+        if not self.redis_url:
+            object.__setattr__(self, "redis_url", _env("REDIS_URL", f"redis://127.0.0.1:{self.redis_port}/0"))
+        if not self.postgres_dsn:
+            dsn = _env("POSTGRES_DSN", f"postgresql://ams:ams@127.0.0.1:{self.postgres_port}/ams")
+            object.__setattr__(self, "postgres_dsn", dsn)
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.gateway_host}:{self.gateway_port}"
+
+    @property
+    def services_given(self) -> bool:
+        """True when the environment names external services, so nothing local must be started."""
+        return any(f"AMS_{name}" in os.environ for name in ("KAFKA_BOOTSTRAP", "REDIS_URL", "POSTGRES_DSN"))
+
+
+@cache
+def get_settings() -> Settings:
+    return Settings()

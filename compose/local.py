@@ -1,0 +1,148 @@
+"""The local stack: real Kafka, Redis and PostgreSQL processes, then the AMS projectors and gateway.
+
+`ams up` is idempotent: a component whose process already runs and answers its probe is reused.
+`ams down` stops exactly what pid files under ``<home>/run`` name, i.e. what `ams up` started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+
+from ams.settings import Settings
+from compose import kafka, postgres, readiness, redis_server
+from compose.process import ManagedProcess
+from compose.system import ensure_packages
+
+PROJECTIONS = ("redis",)
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    address: str
+    start: Callable[[Settings, ManagedProcess], None]
+    probe: Callable[[], Awaitable[None]]
+    stop_signal: int = signal.SIGTERM
+    start_timeout: float = 90.0
+
+
+def _ams_process(argv: list[str]) -> Callable[[Settings, ManagedProcess], None]:
+    def start(settings: Settings, process: ManagedProcess) -> None:
+        process.start([sys.executable, "-m", "ams.cli", *argv])
+
+    return start
+
+
+def infrastructure(settings: Settings) -> list[Component]:
+    return [
+        Component(
+            "kafka", settings.kafka_bootstrap, kafka.start, partial(readiness.kafka_round_trip, settings)
+        ),
+        Component("redis", settings.redis_url, redis_server.start, partial(readiness.redis_ping, settings)),
+        Component(
+            "postgres",
+            settings.postgres_dsn,
+            postgres.start,
+            partial(readiness.postgres_select, settings),
+            stop_signal=signal.SIGINT,  # PostgreSQL's "fast" shutdown
+        ),
+    ]
+
+
+def services(settings: Settings) -> list[Component]:
+    projectors = [
+        Component(
+            f"projector-{name}",
+            f"http://127.0.0.1:{settings.projector_metrics_port + index}/metrics",
+            _ams_process(["project", name]),
+            partial(readiness.http_ok, f"http://127.0.0.1:{settings.projector_metrics_port + index}/readyz"),
+        )
+        for index, name in enumerate(PROJECTIONS)
+    ]
+    gateway = Component(
+        "gateway",
+        settings.gateway_url,
+        _ams_process(["gateway"]),
+        partial(readiness.http_ok, f"{settings.gateway_url}/readyz"),
+    )
+    return [*projectors, gateway]
+
+
+class LocalStack:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def process(self, name: str) -> ManagedProcess:
+        home = self.settings.home
+        return ManagedProcess(name, home / "run", home / "logs" / f"{name}.log")
+
+    def components(self, with_services: bool = True) -> list[Component]:
+        return infrastructure(self.settings) + (services(self.settings) if with_services else [])
+
+    def up(self, with_services: bool = True, quiet: bool = False) -> list[str]:
+        """Start what is not running, wait until everything is ready; return the names started."""
+        if not self.settings.services_given:
+            ensure_packages()
+        started: list[str] = []
+        for component in self.components(with_services):
+            if self.settings.services_given and component.name in ("kafka", "redis", "postgres"):
+                continue  # the environment names these services: use them, start nothing
+            began = time.monotonic()
+            if self.ensure(component):
+                started.append(component.name)
+            if not quiet:
+                state = "started" if component.name in started else "running"
+                print(f"  {component.name:<18} {state:<8} {component.address}  ({time.monotonic() - began:.1f}s)", flush=True)
+        return started
+
+    def ensure(self, component: Component) -> bool:
+        """Make the component run and answer its probe; True if this call started it."""
+        process = self.process(component.name)
+        started = False
+        if process.pid() is None:
+            component.start(self.settings, process)
+            started = True
+        try:
+            asyncio.run(
+                readiness.wait_until(
+                    component.name, component.probe, component.start_timeout, alive=lambda: process.pid() is not None
+                )
+            )
+        except (RuntimeError, TimeoutError) as error:
+            raise SystemExit(
+                f"{component.name} did not become ready: {error}\n"
+                f"Its log ({process.log_path}) ends with:\n{process.log_tail()}"
+            ) from None
+        return started
+
+    def down(self, names: list[str] | None = None) -> list[str]:
+        """Stop the named components (all, by default), services first; return the names stopped."""
+        stopped = []
+        for component in reversed(self.components()):
+            if names is not None and component.name not in names:
+                continue
+            if self.process(component.name).stop(signum=component.stop_signal):
+                stopped.append(component.name)
+        return stopped
+
+    def status(self) -> list[tuple[str, str, str, str]]:
+        """(name, state, pid, address) for each component."""
+        rows = []
+        for component in self.components():
+            pid = self.process(component.name).pid()
+            if pid is None:
+                rows.append((component.name, "stopped", "-", component.address))
+                continue
+            try:
+                asyncio.run(asyncio.wait_for(component.probe(), timeout=5))
+                state = "ready"
+            except Exception:  # noqa: BLE001 - any failure means "not answering"
+                state = "not ready"
+            rows.append((component.name, state, str(pid), component.address))
+        return rows

@@ -1,0 +1,110 @@
+"""Readiness probes that prove a component really works, not just that its port is open."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import asyncpg
+import httpx
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from ams.settings import Settings
+from compose import postgres
+
+READINESS_TOPIC = "ams.readiness"
+
+
+async def kafka_topics(settings: Settings) -> None:
+    """Create the event log and the dead-letter topic (idempotent). The log keeps events forever."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        forever = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
+        topics = [
+            NewTopic(settings.events_topic, settings.partitions, 1, topic_configs=forever),
+            NewTopic(settings.dlq_topic, 1, 1, topic_configs=forever),
+            NewTopic(READINESS_TOPIC, 1, 1, topic_configs={"retention.ms": "3600000"}),
+        ]
+        existing = set(await admin.list_topics())
+        missing = [topic for topic in topics if topic.name not in existing]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()
+
+
+async def kafka_round_trip(settings: Settings) -> None:
+    """Produce a record and read it back: the broker accepts writes and serves reads."""
+    await kafka_topics(settings)
+    marker = uuid.uuid4().hex.encode()
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        sent = await producer.send_and_wait(READINESS_TOPIC, marker)
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partition = TopicPartition(READINESS_TOPIC, sent.partition)
+        consumer.assign([partition])
+        consumer.seek(partition, sent.offset)
+        batch = await consumer.getmany(partition, timeout_ms=10_000)
+        values = [record.value for record in batch.get(partition, [])]
+        if marker not in values:
+            raise RuntimeError("the record produced for the readiness check was not read back")
+    finally:
+        await consumer.stop()
+
+
+async def redis_ping(settings: Settings) -> None:
+    client = aioredis.from_url(settings.redis_url)
+    try:
+        await client.ping()
+    finally:
+        await client.aclose()
+
+
+async def postgres_select(settings: Settings) -> None:
+    """SELECT 1 on the server, creating the AMS database on first start."""
+    server_dsn = settings.postgres_dsn.rsplit("/", 1)[0] + "/postgres"
+    connection = await asyncpg.connect(server_dsn, timeout=5)
+    try:
+        await connection.fetchval("SELECT 1")
+        if not await connection.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", postgres.DATABASE):
+            await connection.execute(f'CREATE DATABASE "{postgres.DATABASE}"')
+    finally:
+        await connection.close()
+
+
+async def http_ok(url: str) -> None:
+    async with httpx.AsyncClient(timeout=2) as client:
+        response = await client.get(url)
+        response.raise_for_status()
+
+
+async def wait_until(probe_name: str, probe: object, timeout: float, alive: object = None) -> None:
+    """Retry ``probe()`` until it succeeds; fail with the last error after ``timeout`` seconds.
+
+    ``alive()`` tells whether the process behind the probe still runs: if it died, waiting is pointless.
+    """
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while time.monotonic() < deadline:
+        if alive is not None and not alive():  # type: ignore[operator]
+            raise RuntimeError(f"{probe_name} exited while starting")
+        try:
+            await asyncio.wait_for(probe(), timeout=max(1.0, deadline - time.monotonic()))  # type: ignore[operator]
+            return
+        except Exception as error:  # noqa: BLE001 - any failure means "not ready yet"
+            last_error = error
+            await asyncio.sleep(0.25)
+    raise TimeoutError(f"{probe_name} was not ready after {timeout:.0f}s: {last_error!r}")

@@ -1,0 +1,1 @@
+"""Projections: pure functions of the log, materialized in Redis, PostgreSQL and vector views."""

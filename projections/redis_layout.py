@@ -1,0 +1,38 @@
+"""Where the hot projection keeps things in Redis. Writer (projector) and readers (gateway) share this.
+
+Every key of partition ``p`` carries the hash tag ``{p<p>}``, so one partition's records, index and
+checkpoint live in one Redis Cluster slot and a batch with its checkpoint is one atomic script.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+RECORD_FIELDS = ("value", "version", "created", "updated", "expires", "deleted", "cmds")
+
+
+@dataclass(frozen=True)
+class RedisLayout:
+    prefix: str = "ams"
+
+    def _tag(self, partition: int) -> str:
+        return f"{self.prefix}:{{p{partition}}}"
+
+    def record(self, partition: int, tenant: str, key: str) -> str:
+        return f"{self._tag(partition)}:kv:{tenant}:{key}"
+
+    def index(self, partition: int, tenant: str) -> str:
+        """A sorted set of the tenant's keys in the partition (all scores 0, so ranges are lexical)."""
+        return f"{self._tag(partition)}:idx:{tenant}"
+
+    def checkpoint(self, partition: int) -> str:
+        return f"{self._tag(partition)}:ckpt"
+
+    def outcome(self, partition: int, offset: int) -> str:
+        """The outcome of an event the fold did not accept, kept for writers waiting on it."""
+        return f"{self._tag(partition)}:out:{offset}"
+
+    @property
+    def applied_channel(self) -> str:
+        """Pub/sub channel announcing ``"<partition>:<offset>"`` after every applied batch."""
+        return f"{self.prefix}:applied"

@@ -1,0 +1,127 @@
+"""`ams project NAME`: one projection as a Faust worker.
+
+Each projection is its own Faust app and consumer group, so projections advance, fail and scale
+independently. On every partition assignment the worker seeks to the sink's own checkpoint + 1.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import faust
+from faust.types import TP
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ams.settings import Settings
+from projections import metrics
+from projections.dead_letters import DeadLetters
+from projections.faust_app import ProjectionApp
+from projections.projector import Projector, RawRecord, Reseek
+from projections.sink import ProjectionSink
+
+log = logging.getLogger("ams.projector")
+
+BATCH_MAX = 1000
+BATCH_WITHIN_SECONDS = 0.005
+
+
+def _redis_sink(settings: Settings) -> ProjectionSink:
+    from projections.redis_kv import RedisSink
+    from projections.redis_layout import RedisLayout
+
+    return RedisSink(settings.redis_url, RedisLayout(settings.redis_prefix), settings.partitions)
+
+
+SINKS: dict[str, Callable[[Settings], ProjectionSink]] = {"redis": _redis_sink}
+
+
+def web_port(settings: Settings, name: str) -> int:
+    return settings.projector_metrics_port + list(SINKS).index(name)
+
+
+def build_app(name: str, settings: Settings) -> ProjectionApp:
+    sink = SINKS[name](settings)
+    projector = Projector(sink, DeadLetters(settings.kafka_bootstrap, settings.dlq_topic, settings.events_topic),
+                          settings.default_tenant)
+    app = ProjectionApp(
+        f"ams-projection-{name}",
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=True,
+        web_bind="127.0.0.1",
+        web_port=web_port(settings, name),
+        web_transport="tcp://",
+        broker_commit_every=500,
+        stream_buffer_maxsize=4 * BATCH_MAX,
+    )
+    topic = app.topic(settings.events_topic, key_type=bytes, value_type=bytes, internal=False)
+    state = {"assigned": set()}
+
+    async def seek(offsets: dict[int, int]) -> None:
+        for partition, offset in offsets.items():
+            await app.consumer.seek(TP(settings.events_topic, partition), offset)
+
+    @app.on_partitions_assigned.connect  # type: ignore[misc]
+    async def on_assigned(sender: faust.App, assigned: set[TP], **_: object) -> None:
+        ours = {tp.partition for tp in assigned if tp.topic == settings.events_topic}
+        state["assigned"] = ours
+        await projector.load_checkpoints()
+        await seek({partition: projector.resume_offset(partition) for partition in ours})
+        log.info("%s projection: assigned partitions %s, resuming from %s", name, sorted(ours),
+                 {partition: projector.resume_offset(partition) for partition in sorted(ours)})
+
+    @app.agent(topic, concurrency=1)
+    async def project(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_SECONDS):
+            records = [
+                RawRecord(
+                    event.message.partition,
+                    event.message.offset,
+                    event.message.value,
+                    list(event.message.headers or ()),
+                    int((event.message.timestamp or 0) * 1000),
+                )
+                for event in events
+            ]
+            try:
+                await projector.handle(records)
+            except Reseek as reseek:
+                await seek(reseek.offsets)
+
+    def lags() -> dict[int, int]:
+        result = {}
+        for partition in sorted(state["assigned"]):
+            highwater = app.consumer.highwater(TP(settings.events_topic, partition)) or 0
+            result[partition] = max(0, highwater - projector.resume_offset(partition))
+            metrics.LAG.labels(name, partition).set(result[partition])
+        return result
+
+    @app.page("/metrics")
+    async def metrics_page(web, request):  # type: ignore[no-untyped-def]
+        lags()
+        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+
+    @app.page("/healthz")
+    async def healthz(web, request):  # type: ignore[no-untyped-def]
+        return web.json({"status": "ok", "projection": name})
+
+    @app.page("/readyz")
+    async def readyz(web, request):  # type: ignore[no-untyped-def]
+        body = {"projection": name, "assigned": sorted(state["assigned"]), "lag": lags()}
+        return web.json(body, status=200 if state["assigned"] else 503)
+
+    @app.page("/positions")
+    async def positions(web, request):  # type: ignore[no-untyped-def]
+        return web.json({"projection": name, "checkpoints": projector.checkpoints, "lag": lags()})
+
+    return app
+
+
+def run_projection(name: str, settings: Settings) -> None:
+    app = build_app(name, settings)
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
