@@ -24,6 +24,20 @@ def cmd_up(args: argparse.Namespace) -> None:
         console.print(f"\nGateway: [bold]{settings.gateway_url}/v1[/bold]   (dev token: `ams token --tenant demo`)")
 
 
+def cmd_setup(args: argparse.Namespace) -> None:
+    from compose import kafka
+    from compose.system import FOR_TESTS, REQUIRED, ensure_packages
+
+    ensure_packages({**REQUIRED, **(FOR_TESTS if args.for_tests else {})})
+    kafka.fetch_jars(get_settings())
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from ams.demo import main as demo
+
+    demo(get_settings())
+
+
 def cmd_down(args: argparse.Namespace) -> None:
     from compose.local import LocalStack
 
@@ -75,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start Kafka, Redis, PostgreSQL, the projectors and the gateway")
     up.add_argument("--no-services", action="store_true", help="start only Kafka, Redis and PostgreSQL")
     up.set_defaults(func=cmd_up)
+
+    setup = sub.add_parser("setup", help="install missing system packages and fetch the Kafka jars")
+    setup.add_argument("--for-tests", action="store_true", help="also what the test suite needs")
+    setup.set_defaults(func=cmd_setup)
+
+    sub.add_parser("demo", help="show an agent's writes and reads against the running stack").set_defaults(
+        func=cmd_demo)
 
     down = sub.add_parser("down", help="stop what `ams up` started")
     down.add_argument("components", nargs="*", help="only these (default: all)")

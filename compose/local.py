@@ -87,7 +87,11 @@ class LocalStack:
 
     def up(self, with_services: bool = True, quiet: bool = False) -> list[str]:
         """Start what is not running, wait until everything is ready; return the names started."""
-        if not self.settings.services_given:
+        if self.settings.services_given:
+            # The environment names Kafka, Redis and PostgreSQL: start none, but make sure the topics exist.
+            create_topics = partial(readiness.kafka_topics, self.settings)
+            asyncio.run(readiness.wait_until("kafka topics", create_topics, 60))
+        else:
             ensure_packages()
         started: list[str] = []
         for component in self.components(with_services):

@@ -56,6 +56,9 @@ def build_app(name: str, settings: Settings) -> ProjectionApp:
         web_port=web_port(settings, name),
         web_transport="tcp://",
         broker_commit_every=500,
+        # A worker that dies hands its partitions over after 10 s of silence, not Faust's default 60 s.
+        broker_session_timeout=10,
+        broker_heartbeat_interval=2,
         stream_buffer_maxsize=4 * BATCH_MAX,
     )
     topic = app.topic(settings.events_topic, key_type=bytes, value_type=bytes, internal=False)
@@ -103,7 +106,7 @@ def build_app(name: str, settings: Settings) -> ProjectionApp:
     @app.page("/metrics")
     async def metrics_page(web, request):  # type: ignore[no-untyped-def]
         lags()
-        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     @app.page("/healthz")
     async def healthz(web, request):  # type: ignore[no-untyped-def]

@@ -1,0 +1,126 @@
+"""The fold: examples of each rule, and properties that make replays and batching harmless."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from commands.envelope import DELETE, PATCH, PUT, Event
+from commands.fold import IDEMPOTENCY_WINDOW_MS, Record, Status, apply, fold, merge_patch, visible
+
+T0 = 1_700_000_000_000
+
+
+def put(value: object, ts: int = T0, **options: object) -> Event:
+    return Event(PUT, "acme", "k", value, ts=ts, **options)  # type: ignore[arg-type]
+
+
+def test_put_then_delete_leaves_a_tombstone_that_readers_do_not_see() -> None:
+    record, outcomes = fold([(put(1), 10), (Event(DELETE, "acme", "k", ts=T0 + 1), 11)])
+    assert [outcome.status for outcome in outcomes] == [Status.ACCEPTED, Status.ACCEPTED]
+    assert record is not None and record.deleted and record.version == 11
+    assert visible(record, T0 + 2) is None
+
+
+def test_conditional_write_on_the_current_version_wins_and_a_stale_one_loses() -> None:
+    record, outcomes = fold([(put(1), 5), (put(2, if_version=5), 6), (put(3, if_version=5), 7)])
+    assert [outcome.status for outcome in outcomes] == [Status.ACCEPTED, Status.ACCEPTED, Status.REJECTED]
+    assert "version 6" in outcomes[2].reason
+    assert record is not None and record.value == 2 and record.version == 6
+
+
+def test_create_only_loses_against_an_existing_key_but_wins_after_delete_or_expiry() -> None:
+    _, outcomes = fold([(put(1), 1), (put(2, ts=T0 + 1, if_absent=True), 2)])
+    assert outcomes[1].status is Status.REJECTED
+    _, outcomes = fold([(put(1), 1), (Event(DELETE, "acme", "k", ts=T0 + 1), 2), (put(2, ts=T0 + 2, if_absent=True), 3)])
+    assert outcomes[2].status is Status.ACCEPTED
+    _, outcomes = fold([(put(1, ttl_ms=100), 1), (put(2, ts=T0 + 100, if_absent=True), 2)])
+    assert outcomes[1].status is Status.ACCEPTED
+
+
+def test_expiry_is_counted_from_the_events_own_timestamp() -> None:
+    record, _ = fold([(put(1, ttl_ms=1000), 1)])
+    assert record is not None and record.expires_at == T0 + 1000
+    assert visible(record, T0 + 999) is not None and visible(record, T0 + 1000) is None
+
+
+def test_a_retried_command_applies_once_and_reports_the_original_version() -> None:
+    record, outcomes = fold([(put(1, command_id="c1"), 4), (put(2), 5), (put(1, ts=T0 + 5, command_id="c1"), 6)])
+    assert outcomes[2].status is Status.DUPLICATE and outcomes[2].version == 4
+    assert record is not None and record.value == 2
+    late = put(1, ts=T0 + IDEMPOTENCY_WINDOW_MS, command_id="c1")
+    assert apply(record, late, 7).status is Status.ACCEPTED
+
+
+def test_merge_patch_follows_rfc_7396() -> None:
+    assert merge_patch({"a": "b", "c": {"d": "e", "f": "g"}}, {"a": "z", "c": {"f": None}}) == {"a": "z", "c": {"d": "e"}}
+    assert merge_patch([1], {"a": 1}) == {"a": 1}
+    assert merge_patch({"a": 1}, {"a": [1, {"b": None}]}) == {"a": [1, {"b": None}]}
+    record, _ = fold([(put({"a": 1}, ttl_ms=50), 1), (Event(PATCH, "acme", "k", {"b": 2}, ts=T0 + 1), 2)])
+    assert record is not None and record.value == {"a": 1, "b": 2} and record.expires_at == T0 + 50
+
+
+# --- properties ---------------------------------------------------------------------------------
+
+values = st.one_of(st.integers(-5, 5), st.text(max_size=3), st.dictionaries(st.sampled_from("abc"), st.integers(0, 3) | st.none(), max_size=3))
+
+
+@st.composite
+def event_sequences(draw: st.DrawFn) -> list[tuple[Event, int]]:
+    events = []
+    ts = T0
+    for offset in range(draw(st.integers(0, 25))):
+        ts += draw(st.integers(0, 2000))
+        kind = draw(st.sampled_from([PUT, PUT, PATCH, DELETE]))
+        data = draw(st.dictionaries(st.sampled_from("abc"), st.integers(0, 3) | st.none(), max_size=3)) if kind == PATCH else draw(values)
+        events.append((Event(
+            kind, "acme", "k", None if kind == DELETE else data, ts=ts,
+            command_id=draw(st.none() | st.sampled_from(["c1", "c2", "c3"])),
+            if_version=draw(st.none() | st.integers(0, offset)),
+            if_absent=draw(st.booleans()) if draw(st.booleans()) else False,
+            ttl_ms=draw(st.none() | st.integers(1, 3000)),
+        ), offset))
+    return events
+
+
+def fold_in_batches(events: list[tuple[Event, int]], cuts: list[int], replayed: int) -> Record | None:
+    """Fold as a projection does: in batches, skipping what its checkpoint says it already applied,
+    after first re-delivering ``replayed`` events of the log (at-least-once delivery)."""
+    checkpoint, record = -1, None
+    delivery = events[:replayed] + events
+    bounds = sorted({0, len(delivery), *[cut % (len(delivery) + 1) for cut in cuts]})
+    for start, end in zip(bounds, bounds[1:], strict=False):
+        for event, offset in delivery[start:end]:
+            if offset <= checkpoint:
+                continue
+            record = apply(record, event, offset).record
+            checkpoint = offset
+    return record
+
+
+@settings(max_examples=300, deadline=None)
+@given(event_sequences(), st.lists(st.integers(0, 60), max_size=6), st.integers(0, 25))
+def test_batching_and_replayed_prefixes_do_not_change_the_state(events, cuts, replayed) -> None:  # type: ignore[no-untyped-def]
+    expected, _ = fold(events)
+    assert fold_in_batches(events, cuts, min(replayed, len(events))) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(event_sequences())
+def test_folding_a_prefix_then_the_rest_equals_folding_everything(events) -> None:  # type: ignore[no-untyped-def]
+    for cut in range(len(events) + 1):
+        middle, _ = fold(events[:cut])
+        assert fold(events[cut:], middle)[0] == fold(events)[0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(event_sequences())
+def test_only_accepted_events_change_the_record_and_versions_grow(events) -> None:  # type: ignore[no-untyped-def]
+    record: Record | None = None
+    for event, offset in events:
+        outcome = apply(record, event, offset)
+        if outcome.accepted:
+            assert outcome.record is not None and outcome.record.version == offset
+        else:
+            assert outcome.record == record
+        record = outcome.record

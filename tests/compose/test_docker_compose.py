@@ -1,0 +1,47 @@
+"""The Docker Compose files stay valid.
+
+Nothing in the suite runs the stack from compose/docker-compose*.yml (the tests use the local launcher), so
+without this check a broken key or a renamed service would only show when a Docker user runs `up`.
+`docker-compose config` validates a file against the Compose schema without a Docker engine.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+FILES = {
+    "compose/docker-compose.yml": "kafka kafka-init redis postgres etcd minio milvus projector-redis gateway".split(),
+    "compose/docker-compose.cluster.yml": (
+        "kafka-1 kafka-2 kafka-3 kafka-init redis postgres etcd minio milvus "
+        "projector-redis-1 projector-redis-2 gateway-1 gateway-2"
+    ).split(),
+}
+
+
+def _config(compose_file: str, *args: str) -> subprocess.CompletedProcess[str]:
+    executable = shutil.which("docker-compose")
+    if executable is None:
+        pytest.fail(
+            "docker-compose is not on PATH: the setup step should have installed Debian's "
+            "docker-compose package (apt-get install docker-compose)"
+        )
+    return subprocess.run(
+        [executable, "-f", compose_file, "config", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.parametrize("compose_file", list(FILES))
+def test_compose_file_is_valid(compose_file: str) -> None:
+    quiet = _config(compose_file, "-q")
+    assert quiet.returncode == 0, f"{compose_file} is invalid:\n{quiet.stderr}"
+
+    rendered = _config(compose_file)
+    assert rendered.returncode == 0, rendered.stderr
+    for service in FILES[compose_file]:
+        assert f"\n  {service}:\n" in rendered.stdout, f"{compose_file}: no service {service!r}"

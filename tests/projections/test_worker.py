@@ -1,0 +1,96 @@
+"""The Redis projection worker as a real process: restarts honour the checkpoint, poison is dead-lettered."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+
+import httpx
+import orjson
+import pytest
+
+from ams.settings import Settings
+from commands.envelope import PUT, Event, encode, now_ms
+from commands.keys import kafka_key, partition_for
+from compose.local import LocalStack, services
+from tests.support import fold_log_for, produce_raw, read_topic
+
+pytestmark = pytest.mark.stack
+
+
+def projector(stack: LocalStack):  # type: ignore[no-untyped-def]
+    return next(component for component in services(stack.settings) if component.name == "projector-redis")
+
+
+async def applied_counter(settings: Settings) -> float:
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"http://127.0.0.1:{settings.projector_metrics_port}/metrics")).text
+    match = re.search(r'^ams_projection_events_applied_total\{projection="redis"\} (\S+)$', text, re.M)
+    assert match, f"the projector's /metrics has no applied-events counter:\n{text[:500]}"
+    return float(match.group(1))
+
+
+async def checkpoints(api: httpx.AsyncClient) -> dict[int, int]:
+    redis = (await api.get("/v1/positions")).json()["projections"]["redis"]
+    return {int(partition): entry["applied"] for partition, entry in redis.items()}
+
+
+async def test_killing_the_projector_mid_stream_neither_loses_nor_doubles(
+    stack: LocalStack, settings: Settings, api: httpx.AsyncClient, tenant: str
+) -> None:
+    process = stack.process("projector-redis")
+    async def write(i: int) -> str:
+        response = await api.put(f"/v1/kv/item-{i % 40}", json={"i": i}, headers={"Prefer": "respond-async"})
+        assert response.status_code == 202, response.text
+        return str(response.json()["position"])
+
+    first = await asyncio.gather(*(write(i) for i in range(200)))
+    process.send_signal(signal.SIGKILL)  # mid-stream: some of the writes are applied, some are not
+    await asyncio.sleep(0.5)
+    before = await checkpoints(api)
+    second = await asyncio.gather(*(write(i) for i in range(200, 400)))
+    await asyncio.to_thread(stack.ensure, projector(stack))
+
+    token = ",".join(first + second)
+    probe = await api.get("/v1/kv/item-0", headers={"X-AMS-Min-Position": token})
+    assert probe.status_code == 200, probe.text
+    expected = await fold_log_for(settings, tenant)
+    assert len(expected) == 40
+    for key, record in expected.items():
+        response = await api.get(f"/v1/kv/{key}")
+        assert record is not None and response.json() == record.value, key
+        assert response.headers["ETag"] == f'"{record.version}"'
+
+    # Every event after the checkpoint the new worker resumed from was applied exactly once by it.
+    after = await checkpoints(api)
+    log = await read_topic(settings, settings.events_topic)
+    owed = sum(1 for record in log if before.get(record.partition, -1) < record.offset <= after[record.partition])
+    assert owed >= 200
+    assert await applied_counter(settings) == owed
+
+
+async def test_poison_records_go_to_the_dead_letter_topic_and_the_partition_keeps_moving(
+    settings: Settings, api: httpx.AsyncClient, tenant: str
+) -> None:
+    partition = partition_for(kafka_key(tenant, "after-poison"), settings.partitions)
+    bad_bytes = await produce_raw(settings, b"\x00\xffnot json", partition=partition)
+    future_version = await produce_raw(settings, orjson.dumps({"v": 9, "type": PUT, "tenant": tenant, "key": "x"}),
+                                       partition=partition)
+    legacy = b'{"op":"set","key":"session:1234","value":{"from":"console"}}'
+    await produce_raw(settings, legacy, key=kafka_key(tenant, "session:1234"), headers=[("tenant", tenant.encode())])
+    await produce_raw(settings, encode(Event(PUT, tenant, "after-poison", "ok", ts=now_ms())), partition=partition)
+
+    async with asyncio.timeout(20):
+        while (await api.get("/v1/kv/after-poison")).status_code != 200:
+            await asyncio.sleep(0.1)
+    assert (await api.get("/v1/kv/session:1234")).json() == {"from": "console"}
+
+    letters = {}
+    for record in await read_topic(settings, settings.dlq_topic):
+        about = orjson.loads(dict(record.headers)["ams.dead_letter"])
+        letters[(about["partition"], about["offset"])] = (about, record.value)
+    assert letters[bad_bytes][0]["reason"].startswith("value is not JSON")
+    assert letters[bad_bytes][1] == b"\x00\xffnot json"
+    assert "unknown envelope version 9" in letters[future_version][0]["reason"]
+    assert letters[future_version][0]["topic"] == settings.events_topic

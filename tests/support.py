@@ -1,0 +1,62 @@
+"""Helpers for tests that talk to the real log."""
+
+from __future__ import annotations
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+
+from ams.settings import Settings
+from commands.envelope import Event, decode
+from commands.fold import Record, fold
+
+
+async def read_topic(settings: Settings, topic: str) -> list[ConsumerRecord]:
+    """Every committed record of ``topic``, from offset 0 up to the current end of each partition."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        numbers = sorted(await producer.partitions_for(topic))
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+                                isolation_level="read_committed")
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, number) for number in numbers]
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
+        for tp, first in (await consumer.beginning_offsets(partitions)).items():
+            consumer.seek(tp, first)
+        records: list[ConsumerRecord] = []
+        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
+            batch = await consumer.getmany(timeout_ms=1000)
+            for tp, tp_records in batch.items():
+                records.extend(record for record in tp_records if record.offset < ends[tp])
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def produce_raw(settings: Settings, value: bytes, *, key: bytes | None = None, partition: int | None = None,
+                      headers: list[tuple[str, bytes]] | None = None) -> tuple[int, int]:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        sent = await producer.send_and_wait(settings.events_topic, value, key=key, partition=partition,
+                                            headers=headers)
+        return sent.partition, sent.offset
+    finally:
+        await producer.stop()
+
+
+async def fold_log_for(settings: Settings, tenant: str) -> dict[str, Record | None]:
+    """The state of each of ``tenant``'s keys according to a fresh fold of the log itself."""
+    by_key: dict[str, list[tuple[Event, int]]] = {}
+    for record in await read_topic(settings, settings.events_topic):
+        try:
+            event = decode(record.value, record.headers, default_tenant=settings.default_tenant,
+                           record_ts=record.timestamp)
+        except ValueError:
+            continue
+        if event.tenant == tenant and event.type.startswith("kv."):
+            by_key.setdefault(event.key, []).append((event, record.offset))
+    return {key: fold(events)[0] for key, events in by_key.items()}
