@@ -87,7 +87,9 @@ class TokenVerifier:
         return Principal(tenant, str(claims["sub"]), frozenset(str(scope) for scope in scopes))
 
 
-def issue_dev_token(settings: Settings, tenant: str, scopes: list[str], *, subject: str = "dev", ttl: int = 86400) -> str:
+def issue_dev_token(
+    settings: Settings, tenant: str, scopes: list[str], *, subject: str = "dev", ttl: int = 86400
+) -> str:
     """A token signed with the local development secret (HS256)."""
     check_tenant(tenant)
     unknown = set(scopes) - set(SCOPES)

@@ -77,7 +77,9 @@ class Settings:
     read_wait_timeout: float = field(default_factory=lambda: _env_float("READ_WAIT_TIMEOUT", 5.0))
 
     # Auth: OAuth2 bearer JWTs. The algorithms are fixed here, never taken from a token.
-    jwt_secret: str = field(default_factory=lambda: _env("JWT_SECRET", "ams-local-development-secret-not-for-production"))
+    jwt_secret: str = field(
+        default_factory=lambda: _env("JWT_SECRET", "ams-local-development-secret-not-for-production")
+    )
     jwt_algorithms: tuple[str, ...] = field(
         default_factory=lambda: tuple(_env("JWT_ALGORITHMS", "HS256").split(","))
     )

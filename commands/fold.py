@@ -11,7 +11,7 @@ next year reaches the same outcomes as the live run did.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from commands.envelope import DELETE, PATCH, PUT, Event
@@ -22,7 +22,7 @@ IDEMPOTENCY_WINDOW_MS = 3_600_000
 MAX_REMEMBERED_COMMANDS = 32
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     ACCEPTED = "accepted"
     REJECTED = "rejected"
     DUPLICATE = "duplicate"

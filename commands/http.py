@@ -67,12 +67,14 @@ def _conditions(request: Request) -> dict[str, Any]:
     if_none_match = request.headers.get("if-none-match")
     if if_none_match is not None:
         if if_none_match.strip() != "*":
-            raise ApiError(400, "invalid_header", "If-None-Match supports only '*' (create the key only if it is absent)")
+            message = "If-None-Match supports only '*' (create the key only if it is absent)"
+            raise ApiError(400, "invalid_header", message)
         conditions["if_absent"] = True
     command_id = request.headers.get("idempotency-key")
     if command_id is not None:
         if not 1 <= len(command_id) <= MAX_IDEMPOTENCY_KEY or not command_id.isprintable():
-            raise ApiError(400, "invalid_header", f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters")
+            message = f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters"
+            raise ApiError(400, "invalid_header", message)
         conditions["command_id"] = command_id
     return conditions
 
@@ -86,7 +88,8 @@ def _ttl_ms(request: Request) -> int | None:
     except ValueError:
         seconds = math.nan
     if not (0 < seconds <= MAX_TTL_SECONDS):
-        raise ApiError(400, "invalid_ttl", f"ttl must be a number of seconds above 0 and at most {MAX_TTL_SECONDS}, got {raw!r}")
+        message = f"ttl must be a number of seconds above 0 and at most {MAX_TTL_SECONDS}, got {raw!r}"
+        raise ApiError(400, "invalid_ttl", message)
     return max(1, round(seconds * 1000))
 
 

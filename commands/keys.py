@@ -43,14 +43,18 @@ def check_key(key: str, what: str = "key") -> str:
 
 def check_tenant(tenant: str) -> str:
     if not _TENANT.fullmatch(tenant):
-        raise InvalidName(f"tenant {tenant!r} must be 1 to 64 characters from a-z 0-9 _ -, starting with a letter or digit")
+        raise InvalidName(
+            f"tenant {tenant!r} must be 1 to 64 characters from a-z 0-9 _ -, starting with a letter or digit"
+        )
     return tenant
 
 
 def check_prefix(prefix: str) -> str:
     """A key prefix: any leading part of a valid key (so it may end in '/' or be empty)."""
     if len(prefix) > MAX_KEY_LENGTH or (prefix and not _KEY_CHARS.fullmatch(prefix)):
-        raise InvalidName(f"prefix {prefix!r} must be at most {MAX_KEY_LENGTH} characters from A-Z a-z 0-9 _ - . : / @ = +")
+        raise InvalidName(
+            f"prefix {prefix!r} must be at most {MAX_KEY_LENGTH} characters from A-Z a-z 0-9 _ - . : / @ = +"
+        )
     return prefix
 
 

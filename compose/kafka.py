@@ -40,7 +40,8 @@ def fetch_jars(settings: Settings) -> Path:
     )
     if result.returncode != 0:
         raise SystemExit(
-            f"mvn could not fetch the Kafka jars (exit {result.returncode}):\n{result.stdout[-2000:]}{result.stderr[-2000:]}\n"
+            f"mvn could not fetch the Kafka jars (exit {result.returncode}):\n"
+            f"{result.stdout[-2000:]}{result.stderr[-2000:]}\n"
             "Check that Maven Central is reachable and retry `ams up`."
         )
     shutil.rmtree(libs, ignore_errors=True)

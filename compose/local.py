@@ -102,7 +102,8 @@ class LocalStack:
                 started.append(component.name)
             if not quiet:
                 state = "started" if component.name in started else "running"
-                print(f"  {component.name:<18} {state:<8} {component.address}  ({time.monotonic() - began:.1f}s)", flush=True)
+                took = time.monotonic() - began
+                print(f"  {component.name:<18} {state:<8} {component.address}  ({took:.1f}s)", flush=True)
         return started
 
     def ensure(self, component: Component) -> bool:

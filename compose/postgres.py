@@ -24,7 +24,7 @@ def _run_as() -> str | None:
     return "postgres" if os.geteuid() == 0 else None
 
 
-def _chown_for_postgres(path: os.PathLike[str]) -> None:
+def _chown_for_postgres(path: str | os.PathLike[str]) -> None:
     if os.geteuid() == 0:
         entry = pwd.getpwnam("postgres")
         shutil.chown(path, entry.pw_uid, entry.pw_gid)

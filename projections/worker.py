@@ -62,13 +62,13 @@ def build_app(name: str, settings: Settings) -> ProjectionApp:
         stream_buffer_maxsize=4 * BATCH_MAX,
     )
     topic = app.topic(settings.events_topic, key_type=bytes, value_type=bytes, internal=False)
-    state = {"assigned": set()}
+    state: dict[str, set[int]] = {"assigned": set()}
 
     async def seek(offsets: dict[int, int]) -> None:
         for partition, offset in offsets.items():
             await app.consumer.seek(TP(settings.events_topic, partition), offset)
 
-    @app.on_partitions_assigned.connect  # type: ignore[misc]
+    @app.on_partitions_assigned.connect  # type: ignore[misc, arg-type]
     async def on_assigned(sender: faust.App, assigned: set[TP], **_: object) -> None:
         ours = {tp.partition for tp in assigned if tp.topic == settings.events_topic}
         state["assigned"] = ours
@@ -79,7 +79,7 @@ def build_app(name: str, settings: Settings) -> ProjectionApp:
 
     @app.agent(topic, concurrency=1)
     async def project(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_SECONDS):
+        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_SECONDS):  # type: ignore[attr-defined]
             records = [
                 RawRecord(
                     event.message.partition,
