@@ -6,6 +6,7 @@ local stack (`ams up`), so a fresh checkout runs with no configuration at all.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from functools import cache
@@ -32,6 +33,16 @@ def _env_float(name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise SystemExit(f"AMS_{name}={raw!r} is not a number; fix or unset it.") from None
+
+
+def _env_policy() -> dict[str, dict[str, str]]:
+    from commands.consistency import parse_policy
+
+    raw = _env("CONSISTENCY_POLICY", "{}")
+    try:
+        return parse_policy(json.loads(raw))
+    except ValueError as error:
+        raise SystemExit(f"AMS_CONSISTENCY_POLICY={raw!r} is not valid: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,9 @@ class Settings:
     max_body_bytes: int = field(default_factory=lambda: _env_int("MAX_BODY_BYTES", 4 << 20))
     write_timeout: float = field(default_factory=lambda: _env_float("WRITE_TIMEOUT", 5.0))
     read_wait_timeout: float = field(default_factory=lambda: _env_float("READ_WAIT_TIMEOUT", 5.0))
+    max_batch_operations: int = field(default_factory=lambda: _env_int("MAX_BATCH_OPERATIONS", 500))
+    # Per-tenant default consistency class by key prefix (see commands/consistency.py).
+    consistency_policy: dict[str, dict[str, str]] = field(default_factory=lambda: _env_policy())
 
     # Auth: OAuth2 bearer JWTs. The algorithms are fixed here, never taken from a token.
     jwt_secret: str = field(

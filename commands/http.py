@@ -17,7 +17,8 @@ from starlette.routing import Route
 from ams.auth import WRITE, Principal, TokenVerifier
 from ams.http import ApiError, json_response, read_json
 from ams.settings import Settings
-from commands.envelope import PUT, Event, now_ms, uuid7
+from commands.consistency import EVENTUAL, default_class
+from commands.envelope import DELETE, PATCH, PUT, STREAM_APPEND, Event, now_ms, uuid7
 from commands.keys import Position, check_key
 from commands.log import EventLog
 
@@ -30,7 +31,9 @@ class AppliedWatch(Protocol):
 
     async def wait_applied(self, positions: dict[int, int], timeout: float) -> bool: ...
 
-    async def outcome(self, position: Position) -> dict[str, Any] | None: ...
+    async def outcomes(self, positions: list[Position]) -> list[dict[str, Any] | None]:
+        """The outcome of each event the fold did not accept (None: accepted)."""
+        ...
 
 
 @dataclass
@@ -41,13 +44,13 @@ class CommandContext:
     verifier: TokenVerifier
 
 
-def _context(request: Request) -> CommandContext:
+def command_context(request: Request) -> CommandContext:
     context: CommandContext = request.app.state.commands
     return context
 
 
-def _authorize(request: Request, scope: str) -> Principal:
-    principal = _context(request).verifier.verify(request.headers.get("authorization"))
+def authorize(request: Request, scope: str) -> Principal:
+    principal = command_context(request).verifier.verify(request.headers.get("authorization"))
     principal.require(scope)
     return principal
 
@@ -62,7 +65,7 @@ def _version_header(request: Request, name: str) -> int | None:
     return int(text)
 
 
-def _conditions(request: Request) -> dict[str, Any]:
+def write_conditions(request: Request) -> dict[str, Any]:
     conditions: dict[str, Any] = {"if_version": _version_header(request, "if-match")}
     if_none_match = request.headers.get("if-none-match")
     if if_none_match is not None:
@@ -93,47 +96,108 @@ def _ttl_ms(request: Request) -> int | None:
     return max(1, round(seconds * 1000))
 
 
-def wants_async(request: Request) -> bool:
-    return any(part.strip() == "respond-async" for part in request.headers.get("prefer", "").split(","))
+def wants_async(request: Request, tenant: str, keys: list[str]) -> bool:
+    """Eventual when the request prefers it, or when the tenant's policy makes every key eventual."""
+    if any(part.strip() == "respond-async" for part in request.headers.get("prefer", "").split(",")):
+        return True
+    policy = command_context(request).settings.consistency_policy
+    return bool(keys) and all(default_class(policy, tenant, key) == EVENTUAL for key in keys)
 
 
-async def submit(request: Request, event: Event) -> Response:
-    """Append ``event``; answer 202 at once (eventual) or with the projection's outcome (strong)."""
-    context = _context(request)
-    position = await context.log.append(event)
-    token = str(position)
-    body: dict[str, Any] = {"event_id": event.id, "key": event.key, "position": token}
-    headers = {"X-AMS-Position": token}
-    if wants_async(request):
-        return json_response({**body, "status": "pending"}, 202, headers)
-    if not await context.watch.wait_applied({position.partition: position.offset}, context.settings.write_timeout):
+async def await_applied(request: Request, positions: list[Position], token: str) -> list[dict[str, Any] | None]:
+    context = command_context(request)
+    highest: dict[int, int] = {}
+    for position in positions:
+        highest[position.partition] = max(position.offset, highest.get(position.partition, -1))
+    if not await context.watch.wait_applied(highest, context.settings.write_timeout):
         raise ApiError(
             504, "projection_timeout",
             f"the write is in the log at {token} but the hot projection did not apply it within "
             f"{context.settings.write_timeout:g}s; it will be applied, read with X-AMS-Min-Position: {token}",
-            headers,
+            {"X-AMS-Position": token},
         )
-    outcome = await context.watch.outcome(position)
+    return await context.watch.outcomes(positions)
+
+
+def result_of(position: Position, outcome: dict[str, Any] | None) -> dict[str, Any]:
     if outcome is None:
-        return json_response({**body, "status": "accepted", "version": position.offset}, 200,
-                             {**headers, "ETag": f'"{position.offset}"'})
+        return {"status": "accepted", "version": position.offset}
     if outcome["status"] == "duplicate":
-        return json_response({**body, "status": "duplicate", "version": outcome["version"],
-                              "message": outcome["reason"]}, 200, {**headers, "ETag": f'"{outcome["version"]}"'})
-    raise ApiError(409, "conflict", f"the write was not applied: {outcome['reason']}", headers)
+        return {"status": "duplicate", "version": outcome["version"], "message": outcome["reason"]}
+    return {"status": "rejected", "reason": outcome["reason"]}
+
+
+async def submit(request: Request, event: Event) -> Response:
+    """Append ``event``; answer 202 at once (eventual) or with the projection's outcome (strong)."""
+    position = await command_context(request).log.append(event)
+    token = str(position)
+    body: dict[str, Any] = {"event_id": event.id, "key": event.key, "position": token}
+    headers = {"X-AMS-Position": token}
+    if wants_async(request, event.tenant, [event.key]):
+        return json_response({**body, "status": "pending"}, 202, headers)
+    [outcome] = await await_applied(request, [position], token)
+    result = result_of(position, outcome)
+    if result["status"] == "rejected":
+        raise ApiError(409, "conflict", f"the write was not applied: {result['reason']}", headers)
+    return json_response({**body, **result}, 200, {**headers, "ETag": f'"{result["version"]}"'})
+
+
+def new_event(principal: Principal, kind: str, key: str, data: Any = None, **options: Any) -> Event:
+    return Event(kind, principal.tenant, key, data, id=uuid7(), ts=now_ms(), actor=principal.subject, **options)
 
 
 async def put_value(request: Request) -> Response:
-    principal = _authorize(request, WRITE)
+    principal = authorize(request, WRITE)
     key = check_key(request.path_params["key"])
-    conditions = _conditions(request)
+    conditions = write_conditions(request)
     ttl_ms = _ttl_ms(request)
-    value = await read_json(request, _context(request).settings.max_value_bytes)
-    event = Event(PUT, principal.tenant, key, value, id=uuid7(), ts=now_ms(), actor=principal.subject,
-                  ttl_ms=ttl_ms, **conditions)
-    return await submit(request, event)
+    value = await read_json(request, command_context(request).settings.max_value_bytes)
+    return await submit(request, new_event(principal, PUT, key, value, ttl_ms=ttl_ms, **conditions))
+
+
+async def delete_value(request: Request) -> Response:
+    principal = authorize(request, WRITE)
+    key = check_key(request.path_params["key"])
+    conditions = write_conditions(request)
+    if conditions.get("if_absent"):
+        raise ApiError(400, "invalid_header", "If-None-Match: * makes no sense on DELETE; use If-Match: <version>")
+    return await submit(request, new_event(principal, DELETE, key, **conditions))
+
+
+async def patch_value(request: Request) -> Response:
+    principal = authorize(request, WRITE)
+    key = check_key(request.path_params["key"])
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type not in ("application/merge-patch+json", "application/json"):
+        raise ApiError(415, "unsupported_media_type",
+                       f"PATCH takes an RFC 7396 merge patch as application/merge-patch+json, not {media_type!r}")
+    conditions = write_conditions(request)
+    ttl_ms = _ttl_ms(request)
+    patch = await read_json(request, command_context(request).settings.max_value_bytes)
+    if not isinstance(patch, dict):
+        message = "a merge patch is a JSON object (RFC 7396); send a PUT to replace the value"
+        raise ApiError(422, "invalid_patch", message)
+    return await submit(request, new_event(principal, PATCH, key, patch, ttl_ms=ttl_ms, **conditions))
+
+
+async def append_observation(request: Request) -> Response:
+    principal = authorize(request, WRITE)
+    stream = check_key(request.path_params["name"], "stream")
+    command_id = write_conditions(request).get("command_id")
+    observation = await read_json(request, command_context(request).settings.max_value_bytes)
+    event = new_event(principal, STREAM_APPEND, stream, observation, command_id=command_id)
+    position = await command_context(request).log.append(event)
+    body = {"event_id": event.id, "stream": stream, "position": str(position)}
+    headers = {"X-AMS-Position": str(position)}
+    if wants_async(request, principal.tenant, []):
+        return json_response({**body, "status": "pending"}, 202, headers)
+    await await_applied(request, [position], str(position))
+    return json_response({**body, "status": "accepted"}, 200, headers)
 
 
 routes = [
     Route("/v1/kv/{key:path}", put_value, methods=["PUT"]),
+    Route("/v1/kv/{key:path}", delete_value, methods=["DELETE"]),
+    Route("/v1/kv/{key:path}", patch_value, methods=["PATCH"]),
+    Route("/v1/streams/{name:path}", append_observation, methods=["POST"]),
 ]

@@ -19,6 +19,7 @@ from starlette.routing import Route
 from ams.auth import READ, TokenVerifier
 from ams.http import EXCEPTION_HANDLERS, BodyLimitMiddleware, json_response
 from ams.settings import Settings
+from commands import batch as command_batch
 from commands import http as command_http
 from commands.log import EventLog
 from projections.redis_layout import RedisLayout
@@ -85,6 +86,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/metrics", metrics),
         Route("/v1/positions", positions),
         *command_http.routes,
+        *command_batch.routes,
         *kv.routes,
     ]
     return Starlette(

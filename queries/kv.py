@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from ams.auth import READ
-from ams.http import ApiError
+from ams.http import ApiError, json_response
 from commands.envelope import now_ms
-from commands.keys import check_key, kafka_key, parse_positions, partition_for
+from commands.keys import InvalidName, check_key, check_prefix, kafka_key, parse_positions, partition_for
 from queries.context import QueryContext, authorize, context
 
 
@@ -44,6 +46,77 @@ async def get_value(request: Request) -> Response:
     return Response(value, media_type="application/json", headers=headers)
 
 
+MAX_LIST_LIMIT = 1000
+
+
+def _page_bounds(prefix: str, cursor: str | None) -> tuple[bytes, bytes]:
+    """ZRANGEBYLEX bounds: keys starting with ``prefix``, after ``cursor`` when paging."""
+    upper = b"[" + prefix.encode() + b"\xff" if prefix else b"+"
+    if cursor is None:
+        return (b"[" + prefix.encode() if prefix else b"-"), upper
+    try:
+        after = base64.urlsafe_b64decode(cursor.encode()).decode()
+        check_key(after)
+    except (ValueError, InvalidName):
+        raise ApiError(400, "invalid_cursor", "cursor is not one this API returned; start again without it") from None
+    if not after.startswith(prefix):
+        raise ApiError(400, "invalid_cursor", "cursor belongs to another prefix; start again without it")
+    return b"(" + after.encode(), upper
+
+
+def _limit(request: Request) -> int:
+    raw = request.query_params.get("limit", "100")
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIST_LIMIT:
+        raise ApiError(400, "invalid_limit", f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}, got {raw!r}")
+    return int(raw)
+
+
+async def list_keys(request: Request) -> Response:
+    """The tenant's live keys under ``prefix``, in key order, a page at a time."""
+    principal = authorize(request, READ)
+    ctx = context(request)
+    prefix = check_prefix(request.query_params.get("prefix", ""))
+    limit = _limit(request)
+    await wait_for_token(request, ctx)
+    lower, upper = _page_bounds(prefix, request.query_params.get("cursor"))
+    items: list[dict[str, object]] = []
+    exhausted = False
+    while len(items) < limit and not exhausted:
+        # Each partition keeps its own index; merging their first `limit` keys gives the next page.
+        async with ctx.redis.pipeline(transaction=False) as pipe:
+            for partition in range(ctx.partitions):
+                pipe.zrangebylex(ctx.layout.index(partition, principal.tenant), lower, upper, 0, limit)
+            found = await pipe.execute()
+        candidates = sorted(key.decode() for keys in found for key in keys)[:limit]
+        exhausted = len(candidates) < limit
+        live = await _live_versions(ctx, principal.tenant, candidates)
+        items += [{"key": key, "version": live[key]} for key in candidates if key in live][: limit - len(items)]
+        if candidates:
+            lower = b"(" + candidates[-1].encode()
+    next_cursor = None
+    if len(items) == limit and not exhausted:
+        next_cursor = base64.urlsafe_b64encode(str(items[-1]["key"]).encode()).decode()
+    return json_response({"items": items, "next_cursor": next_cursor})
+
+
+async def _live_versions(ctx: QueryContext, tenant: str, keys: list[str]) -> dict[str, int]:
+    """Version of each key that a reader may see now (not deleted, not expired)."""
+    if not keys:
+        return {}
+    now = now_ms()
+    async with ctx.redis.pipeline(transaction=False) as pipe:
+        for key in keys:
+            partition = partition_for(kafka_key(tenant, key), ctx.partitions)
+            pipe.hmget(ctx.layout.record(partition, tenant, key), ["version", "expires", "deleted"])
+        rows = await pipe.execute()
+    return {
+        key: int(version)
+        for key, (version, expires, deleted) in zip(keys, rows, strict=True)
+        if version is not None and deleted != b"1" and not (int(expires or 0) and int(expires) <= now)
+    }
+
+
 routes = [
+    Route("/v1/kv", list_keys, methods=["GET"]),
     Route("/v1/kv/{key:path}", get_value, methods=["GET"]),
 ]

@@ -69,9 +69,9 @@ class AppliedPositions:
                 await asyncio.wait_for(self._changed.wait(), min(remaining, POLL_SECONDS))
         return True
 
-    async def outcome(self, position: Position) -> dict[str, Any] | None:
-        raw = await self.client.get(self.layout.outcome(position.partition, position.offset))
-        return orjson.loads(raw) if raw is not None else None
+    async def outcomes(self, positions: list[Position]) -> list[dict[str, Any] | None]:
+        keys = [self.layout.outcome(position.partition, position.offset) for position in positions]
+        return [orjson.loads(raw) if raw is not None else None for raw in await self.client.mget(keys)]
 
     async def _listen(self) -> None:
         while True:
