@@ -25,6 +25,11 @@ test: SETUP_FLAGS = --for-tests
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Benchmarks against the running stack (`make run` first); each prints ratios against the raw clients.
+bench: SETUP_FLAGS = --for-bench
+bench: setup
+	$(BIN)/python -m bench.kv
+
 down:
 	$(BIN)/ams down
 

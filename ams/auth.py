@@ -7,6 +7,7 @@ algorithms are fixed by configuration and never taken from the token's header.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -40,9 +41,18 @@ class Principal:
             raise Forbidden(f"this request needs the scope {scope!r}; the token has {sorted(self.scopes) or 'none'}")
 
 
+# A verified token is remembered until it expires, for at most this long (so a rotated JWKS key or a
+# changed configuration takes effect within a minute), and at most this many tokens at once.
+CACHE_SECONDS = 60.0
+CACHE_SIZE = 10_000
+
+
 class TokenVerifier:
+    """Verifies bearer tokens; a token seen before is answered from a small cache until it expires."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._verified: OrderedDict[str, tuple[float, Principal]] = OrderedDict()
 
     @cached_property
     def _jwks(self) -> jwt.PyJWKClient | None:
@@ -62,12 +72,24 @@ class TokenVerifier:
         if not authorization:
             raise Unauthorized("missing Authorization header; send 'Authorization: Bearer <token>'")
         scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
             raise Unauthorized("the Authorization header must be 'Bearer <token>'")
+        now = time.time()
+        cached = self._verified.get(token)
+        if cached is not None and now < cached[0]:
+            return cached[1]
+        principal, expires = self._decode(token)
+        self._verified[token] = (min(expires, now + CACHE_SECONDS), principal)
+        if len(self._verified) > CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return principal
+
+    def _decode(self, token: str) -> tuple[Principal, float]:
         try:
             claims = jwt.decode(
-                token.strip(),
-                self._key(token.strip()),  # type: ignore[arg-type]
+                token,
+                self._key(token),  # type: ignore[arg-type]
                 algorithms=list(self.settings.jwt_algorithms),
                 audience=self.settings.jwt_audience,
                 issuer=self.settings.jwt_issuer,
@@ -84,7 +106,7 @@ class TokenVerifier:
             raise Unauthorized(f"invalid token: {error}") from None
         raw_scopes = claims.get("scope", claims.get("scp", ""))
         scopes = raw_scopes.split() if isinstance(raw_scopes, str) else list(raw_scopes or [])
-        return Principal(tenant, str(claims["sub"]), frozenset(str(scope) for scope in scopes))
+        return Principal(tenant, str(claims["sub"]), frozenset(str(scope) for scope in scopes)), float(claims["exp"])
 
 
 def issue_dev_token(

@@ -25,9 +25,9 @@ def cmd_up(args: argparse.Namespace) -> None:
 
 def cmd_setup(args: argparse.Namespace) -> None:
     from compose import kafka
-    from compose.system import FOR_TESTS, REQUIRED, ensure_packages
+    from compose.system import FOR_BENCH, FOR_TESTS, REQUIRED, ensure_packages
 
-    ensure_packages({**REQUIRED, **(FOR_TESTS if args.for_tests else {})})
+    ensure_packages({**REQUIRED, **(FOR_TESTS if args.for_tests else {}), **(FOR_BENCH if args.for_bench else {})})
     kafka.fetch_jars(get_settings())
 
 
@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     setup = sub.add_parser("setup", help="install missing system packages and fetch the Kafka jars")
     setup.add_argument("--for-tests", action="store_true", help="also what the test suite needs")
+    setup.add_argument("--for-bench", action="store_true", help="also what the benchmarks need")
     setup.set_defaults(func=cmd_setup)
 
     sub.add_parser("demo", help="show an agent's writes and reads against the running stack").set_defaults(

@@ -16,6 +16,8 @@ REQUIRED = {
 }
 # Only the test suite needs these: it validates compose/docker-compose*.yml without a Docker engine.
 FOR_TESTS = {"docker-compose": "docker-compose"}
+# The benchmarks load the gateway with wrk, so that the load generator is not the bottleneck.
+FOR_BENCH = {"wrk": "wrk"}
 
 
 def postgres_bin(name: str) -> str | None:

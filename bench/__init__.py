@@ -1,0 +1,1 @@
+"""Benchmarks: each reports a ratio against the raw client doing the same work in the same run."""
