@@ -68,6 +68,9 @@ class Settings:
     redis_port: int = field(default_factory=lambda: _env_int("REDIS_PORT", 16379))
     redis_url: str = ""
     redis_prefix: str = field(default_factory=lambda: _env("REDIS_PREFIX", "ams"))
+    # With Redis replicas: after each batch, wait until this many replicas have it (Redis WAIT).
+    redis_wait_replicas: int = field(default_factory=lambda: _env_int("REDIS_WAIT_REPLICAS", 0))
+    redis_wait_timeout_ms: int = field(default_factory=lambda: _env_int("REDIS_WAIT_TIMEOUT_MS", 1000))
 
     # PostgreSQL: the durable projection.
     postgres_port: int = field(default_factory=lambda: _env_int("POSTGRES_PORT", 15432))

@@ -11,6 +11,7 @@ every other projection; readers never show them.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +26,8 @@ from commands.fold import IDEMPOTENCY_WINDOW_MS, Outcome, Record, apply
 from commands.keys import kafka_key, partition_for
 from projections.redis_layout import RedisLayout
 from projections.sink import TRANSIENT, CheckpointMoved, Positioned, ProjectionSink
+
+log = logging.getLogger("ams.projector")
 
 DEAD_RECORD_RETENTION_MS = IDEMPOTENCY_WINDOW_MS + 3_600_000
 OUTCOME_TTL_SECONDS = 600
@@ -109,10 +112,12 @@ class RedisSink(ProjectionSink):
     name = "redis"
     transient_errors = (*TRANSIENT, RedisConnectionError, RedisTimeoutError, BusyLoadingError)
 
-    def __init__(self, redis_url: str, layout: RedisLayout, partitions: int) -> None:
+    def __init__(self, redis_url: str, layout: RedisLayout, partitions: int, *, wait_replicas: int = 0,
+                 wait_timeout_ms: int = 1000) -> None:
         self.client = aioredis.from_url(redis_url)
         self.layout = layout
         self.partitions = partitions
+        self.wait_replicas, self.wait_timeout_ms = wait_replicas, wait_timeout_ms
         self._script = self.client.register_script(APPLY_BATCH)
 
     async def close(self) -> None:
@@ -153,7 +158,16 @@ class RedisSink(ProjectionSink):
             if message.startswith("CHECKPOINT "):
                 raise CheckpointMoved(partition, expected, int(message.split()[1])) from None
             raise
+        if self.wait_replicas:
+            await self._wait_for_replicas(partition, through)
         return outcomes
+
+    async def _wait_for_replicas(self, partition: int, through: int) -> None:
+        acknowledged = await self.client.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+        if acknowledged < self.wait_replicas:
+            log.warning("partition %d through offset %d: %d of %d Redis replicas acknowledged within %d ms; "
+                        "a failover now could lose this batch from the hot state until it is replayed",
+                        partition, through, acknowledged, self.wait_replicas, self.wait_timeout_ms)
 
     def _address(self, item: Positioned) -> Address:
         """The partition a key routes to is where readers look, whichever partition the event came in

@@ -30,7 +30,8 @@ def _redis_sink(settings: Settings) -> ProjectionSink:
     from projections.redis_kv import RedisSink
     from projections.redis_layout import RedisLayout
 
-    return RedisSink(settings.redis_url, RedisLayout(settings.redis_prefix), settings.partitions)
+    return RedisSink(settings.redis_url, RedisLayout(settings.redis_prefix), settings.partitions,
+                     wait_replicas=settings.redis_wait_replicas, wait_timeout_ms=settings.redis_wait_timeout_ms)
 
 
 SINKS: dict[str, Callable[[Settings], ProjectionSink]] = {"redis": _redis_sink}

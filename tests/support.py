@@ -1,7 +1,15 @@
-"""Helpers for tests that talk to the real log."""
+"""Helpers for tests that talk to the real log and processes."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+
+import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from ams.settings import Settings
@@ -60,3 +68,25 @@ async def fold_log_for(settings: Settings, tenant: str) -> dict[str, Record | No
         if event.tenant == tenant and event.type.startswith("kv."):
             by_key.setdefault(event.key, []).append((event, record.offset))
     return {key: fold(events)[0] for key, events in by_key.items()}
+
+
+@contextlib.asynccontextmanager
+async def extra_gateway(settings: Settings, tenant: str, env: dict[str, str]) -> AsyncIterator[httpx.AsyncClient]:
+    """A second gateway process with its own settings, and a client of it authenticated as ``tenant``."""
+    from tests.conftest import token_for
+
+    port = settings.gateway_port + 50
+    process = subprocess.Popen([sys.executable, "-m", "ams.cli", "gateway"],
+                               env={**os.environ, **env, "AMS_GATEWAY_PORT": str(port)})
+    headers = {"Authorization": f"Bearer {token_for(settings, tenant)}"}
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=30) as client:
+            for _ in range(200):
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get("/readyz")).status_code == 200:
+                        break
+                await asyncio.sleep(0.05)
+            yield client
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -116,7 +116,7 @@ def jwks_url() -> Iterator[tuple[str, ec.EllipticCurvePrivateKey]]:
     body = json.dumps({"keys": [{**jwk, "kid": "key-1", "use": "sig", "alg": "ES256"}]}).encode()
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+        def do_GET(self) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.end_headers()

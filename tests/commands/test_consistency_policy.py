@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 
 import httpx
@@ -14,7 +10,7 @@ import pytest
 
 from ams.settings import Settings
 from commands.consistency import default_class, parse_policy
-from tests.conftest import token_for
+from tests.support import extra_gateway
 
 pytestmark = pytest.mark.stack
 
@@ -33,21 +29,8 @@ def test_the_longest_matching_prefix_wins_and_a_tenants_own_entries_come_first()
 
 @pytest.fixture
 async def policy_gateway(settings: Settings, tenant: str) -> AsyncIterator[httpx.AsyncClient]:
-    port = settings.gateway_port + 50
-    env = {**os.environ, "AMS_CONSISTENCY_POLICY": json.dumps(POLICY), "AMS_GATEWAY_PORT": str(port)}
-    process = subprocess.Popen([sys.executable, "-m", "ams.cli", "gateway"], env=env)
-    headers = {"Authorization": f"Bearer {token_for(settings, tenant)}"}
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=30) as client:
-        for _ in range(100):
-            try:
-                if (await client.get("/readyz")).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.1)
+    async with extra_gateway(settings, tenant, {"AMS_CONSISTENCY_POLICY": json.dumps(POLICY)}) as client:
         yield client
-    process.terminate()
-    process.wait(timeout=10)
 
 
 async def test_policy_prefixes_answer_202_and_others_stay_strong(policy_gateway: httpx.AsyncClient) -> None:

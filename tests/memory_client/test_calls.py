@@ -11,8 +11,8 @@ import pytest
 
 from memory_client import (
     AMSError,
-    ConsistencyTimeout,
     Conflict,
+    ConsistencyTimeout,
     Delete,
     Forbidden,
     InvalidRequest,
@@ -312,7 +312,8 @@ def test_errors_that_are_not_the_apis_json_still_say_what_happened() -> None:
     with pytest.raises(InvalidRequest) as raised:
         calls.finish(call, answer(call, 405, content=b"Method Not Allowed"), None)
     assert raised.value.code == calls.NO_ROUTE
-    assert "no route for GET /v1/streams/s" in str(raised.value)
+    assert "no such route (405 Method Not Allowed)" in str(raised.value)
+    assert "(GET /v1/streams/s?limit=100)" in str(raised.value)
     with pytest.raises(ServerError) as server:
         calls.finish(call, answer(call, 502, content=b"<html>bad gateway from the proxy</html>"), None)
     assert server.value.code == "bad_gateway"
