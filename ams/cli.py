@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from rich.console import Console
 from rich.table import Table
@@ -81,6 +82,28 @@ def cmd_token(args: argparse.Namespace) -> None:
     print(issue_dev_token(get_settings(), args.tenant, args.scope, subject=args.subject, ttl=args.ttl))
 
 
+def cmd_log_export(args: argparse.Namespace) -> None:
+    import asyncio
+
+    from replay.cut import parse_cut
+    from replay.log_io import Selection, export_log
+
+    selection = Selection(args.tenant, args.key_prefix, parse_cut(args.until))
+    with open(args.output, "wb") if args.output != "-" else sys.stdout.buffer as out:
+        count = asyncio.run(export_log(get_settings(), out, selection, args.topic))
+    console.print(f"exported {count} records to {args.output}", stderr=True)
+
+
+def cmd_log_import(args: argparse.Namespace) -> None:
+    import asyncio
+
+    from replay.log_io import import_log
+
+    with open(args.input, "rb") if args.input != "-" else sys.stdin.buffer as lines:
+        count = asyncio.run(import_log(get_settings(), lines, args.topic))
+    console.print(f"imported {count} records into {args.topic}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ams", description="AMS, the Autonomous Memory System")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,6 +134,20 @@ def build_parser() -> argparse.ArgumentParser:
     project = sub.add_parser("project", help="run a projection worker in the foreground")
     project.add_argument("projection", choices=["redis"])
     project.set_defaults(func=cmd_project)
+
+    log_parser = sub.add_parser("log", help="export or import a slice of the log as JSON lines")
+    log_sub = log_parser.add_subparsers(dest="log_command", required=True)
+    export = log_sub.add_parser("export", help="write events (with positions) as JSON lines")
+    export.add_argument("-o", "--output", default="-", help="file (default: standard output)")
+    export.add_argument("--tenant")
+    export.add_argument("--key-prefix")
+    export.add_argument("--until", help="a position like 0:15,3:42 or an RFC 3339 time")
+    export.add_argument("--topic", help="default: the event log")
+    export.set_defaults(func=cmd_log_export)
+    import_ = log_sub.add_parser("import", help="append exported JSON lines to a topic, in one transaction")
+    import_.add_argument("input", help="file (- for standard input)")
+    import_.add_argument("--topic", required=True, help="where to append (it must exist)")
+    import_.set_defaults(func=cmd_log_import)
 
     token = sub.add_parser("token", help="print a local development token")
     token.add_argument("--tenant", required=True)

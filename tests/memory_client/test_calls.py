@@ -101,10 +101,14 @@ def test_values_that_are_not_json_are_refused_before_sending() -> None:
 
 
 def test_reads_carry_the_session_and_writes_do_not() -> None:
-    reads = [calls.get_value("k"), calls.get_versioned("k"), calls.list_keys(), calls.read_stream("s"),
-             calls.vector_search([0.0]), calls.text_search("x"), calls.history("k")]
-    writes = [calls.set_value("k", 1), calls.delete_value("k"), calls.patch_value("k", {}), calls.batch([]),
-              calls.append("s", 1)]
+    reads: list[calls.Call[Any]] = [
+        calls.get_value("k"), calls.get_versioned("k"), calls.list_keys(), calls.read_stream("s"),
+        calls.vector_search([0.0]), calls.text_search("x"), calls.history("k"),
+    ]
+    writes: list[calls.Call[Any]] = [
+        calls.set_value("k", 1), calls.delete_value("k"), calls.patch_value("k", {}), calls.batch([]),
+        calls.append("s", 1),
+    ]
     assert all(call.read for call in reads)
     assert not any(call.read for call in writes)
     assert not calls.positions().read

@@ -1,0 +1,1 @@
+"""Replay: rebuild projections from offset zero, fork the log into sandboxes, move slices of the log."""
