@@ -12,6 +12,7 @@ from rich.table import Table
 from ams.settings import get_settings
 
 console = Console()
+notices = Console(stderr=True)  # for commands whose standard output is data
 
 
 def cmd_up(args: argparse.Namespace) -> None:
@@ -91,7 +92,7 @@ def cmd_log_export(args: argparse.Namespace) -> None:
     selection = Selection(args.tenant, args.key_prefix, parse_cut(args.until))
     with open(args.output, "wb") if args.output != "-" else sys.stdout.buffer as out:
         count = asyncio.run(export_log(get_settings(), out, selection, args.topic))
-    console.print(f"exported {count} records to {args.output}", stderr=True)
+    notices.print(f"exported {count} records to {args.output}")
 
 
 def cmd_log_import(args: argparse.Namespace) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -30,6 +31,10 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 
 
 async def handle_api_error(request: Request, error: Exception) -> Response:
+    if isinstance(error, HTTPException):  # Starlette's own: no such route, method not allowed
+        code = {404: "no_route", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+        message = f"{request.method} {request.url.path}: {error.detail}"
+        return error_response(error.status_code, code, message, dict(error.headers or {}))
     if isinstance(error, ApiError):
         return error_response(error.status, error.code, error.message, error.headers)
     if isinstance(error, Unauthorized):
@@ -41,7 +46,7 @@ async def handle_api_error(request: Request, error: Exception) -> Response:
     raise error
 
 
-EXCEPTION_HANDLERS = {exc: handle_api_error for exc in (ApiError, Unauthorized, Forbidden, InvalidName)}
+EXCEPTION_HANDLERS = {exc: handle_api_error for exc in (ApiError, Unauthorized, Forbidden, InvalidName, HTTPException)}
 
 
 class BodyLimitMiddleware:

@@ -32,3 +32,12 @@ async def test_the_newest_write_wins(api: httpx.AsyncClient) -> None:
     for step in range(5):
         assert (await api.put("/v1/kv/counter", json=step)).status_code == 200
     assert (await api.get("/v1/kv/counter")).json() == 4
+
+
+async def test_unknown_routes_and_methods_answer_json_errors(api: httpx.AsyncClient) -> None:
+    missing = await api.get("/v1/nothing-here")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "no_route"
+    wrong_method = await api.post("/v1/kv/k", json=1)
+    assert wrong_method.status_code == 405
+    assert wrong_method.json()["error"]["code"] == "method_not_allowed"
