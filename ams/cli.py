@@ -105,6 +105,16 @@ def cmd_log_import(args: argparse.Namespace) -> None:
     console.print(f"imported {count} records into {args.topic}")
 
 
+def cmd_rebuild(args: argparse.Namespace) -> None:
+    import asyncio
+
+    from replay.rebuild import rebuild_redis
+
+    state = asyncio.run(rebuild_redis(get_settings(), restart=args.restart))
+    console.print(f"redis: generation {state.generation} is live ({state.applied} events replayed, "
+                  f"{state.events_per_second:,.0f} events/s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ams", description="AMS, the Autonomous Memory System")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -135,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     project = sub.add_parser("project", help="run a projection worker in the foreground")
     project.add_argument("projection", choices=["redis"])
     project.set_defaults(func=cmd_project)
+
+    rebuild = sub.add_parser("rebuild", help="rebuild a projection from offset 0 beside the live one, then swap")
+    rebuild.add_argument("projection", choices=["redis"])
+    rebuild.add_argument("--restart", action="store_true", help="discard an unfinished rebuild and start over")
+    rebuild.set_defaults(func=cmd_rebuild)
 
     log_parser = sub.add_parser("log", help="export or import a slice of the log as JSON lines")
     log_sub = log_parser.add_subparsers(dest="log_command", required=True)

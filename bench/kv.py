@@ -67,7 +67,9 @@ async def reads(settings: Settings, api: httpx.AsyncClient, token: str, tenant: 
                                                       for key in keys]})
     layout = RedisLayout(settings.redis_prefix)
     redis = aioredis.from_url(settings.redis_url, max_connections=concurrency)
-    records = [layout.record(partition_for(kafka_key(tenant, key), settings.partitions), tenant, key) for key in keys]
+    generations = [int(g or 0) for g in await redis.mget([layout.pointer(p) for p in range(settings.partitions)])]
+    homes = [partition_for(kafka_key(tenant, key), settings.partitions) for key in keys]
+    records = [layout.at(generations[home]).record(home, tenant, key) for home, key in zip(homes, keys, strict=True)]
     bare_port = settings.gateway_port + 77
     bare = start_bare_endpoint(bare_port)
     auth = {"Authorization": f"Bearer {token}"}
@@ -125,8 +127,8 @@ async def visibility(settings: Settings, api: httpx.AsyncClient, count: int, con
     async def listen() -> None:
         async for message in pubsub.listen():
             if message["type"] == "message":
-                partition, _, offset = message["data"].decode().partition(":")
-                applied[int(partition)] = max(int(offset), applied.get(int(partition), -1))
+                _, partition, offset = map(int, message["data"].decode().split(":"))
+                applied[partition] = max(offset, applied.get(partition, -1))
                 changed.set()
 
     listener = asyncio.create_task(listen())

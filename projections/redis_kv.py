@@ -34,16 +34,22 @@ OUTCOME_TTL_SECONDS = 600
 
 Address = tuple[int, str, str]  # (partition the key routes to, tenant, key)
 
-# ARGV: expected checkpoint, new checkpoint, channel, partition, then operations:
+# KEYS: the partition's checkpoint (in the writer's generation), the partition's generation pointer.
+# ARGV: expected checkpoint, new checkpoint, channel, partition, writer's generation, then operations:
 #   R key nfields field value ... pexpireat   replace a record (pexpireat 0: no expiry)
 #   Z+ index member / Z- index member        maintain the tenant's key index
 #   O key value seconds                        remember a rejected event's outcome
+# A writer of a generation older than the pointer's has been retired by a rebuild: it must not write.
 APPLY_BATCH = """
+local live = redis.call('GET', KEYS[2]) or '0'
+if tonumber(live) > tonumber(ARGV[5]) then
+  return redis.error_reply('GENERATION ' .. live)
+end
 local current = redis.call('GET', KEYS[1]) or '-1'
 if current ~= ARGV[1] then
   return redis.error_reply('CHECKPOINT ' .. current)
 end
-local i = 5
+local i = 6
 while i <= #ARGV do
   local op = ARGV[i]
   if op == 'R' then
@@ -68,7 +74,7 @@ while i <= #ARGV do
   end
 end
 redis.call('SET', KEYS[1], ARGV[2])
-redis.call('PUBLISH', ARGV[3], ARGV[4] .. ':' .. ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[5] .. ':' .. ARGV[4] .. ':' .. ARGV[2])
 return 'OK'
 """
 
@@ -108,24 +114,38 @@ def physical_expiry(record: Record, now: int) -> int:
     return 0
 
 
+class GenerationRetired(RuntimeError):
+    """A rebuild's generation was overtaken by a newer live generation; the rebuild must stop."""
+
+
 class RedisSink(ProjectionSink):
+    """The hot projection's writer. Live (``building=None``) it writes each partition's live generation and
+    follows the pointer when a rebuild moves it; a rebuild builds generation ``building`` beside it."""
+
     name = "redis"
     transient_errors = (*TRANSIENT, RedisConnectionError, RedisTimeoutError, BusyLoadingError)
 
-    def __init__(self, redis_url: str, layout: RedisLayout, partitions: int, *, wait_replicas: int = 0,
-                 wait_timeout_ms: int = 1000) -> None:
+    def __init__(self, redis_url: str, layout: RedisLayout, partitions: int, *, building: int | None = None,
+                 wait_replicas: int = 0, wait_timeout_ms: int = 1000) -> None:
         self.client = aioredis.from_url(redis_url)
         self.layout = layout
         self.partitions = partitions
+        self.building = building
+        self.generations: dict[int, int] = {partition: building or 0 for partition in range(partitions)}
         self.wait_replicas, self.wait_timeout_ms = wait_replicas, wait_timeout_ms
         self._script = self.client.register_script(APPLY_BATCH)
 
     async def close(self) -> None:
         await self.client.aclose()
 
+    def layout_of(self, partition: int) -> RedisLayout:
+        return self.layout.at(self.generations[partition])
+
     async def checkpoints(self) -> dict[int, int]:
-        keys = [self.layout.checkpoint(partition) for partition in range(self.partitions)]
-        values = await self.client.mget(keys)
+        if self.building is None:
+            pointers = await self.client.mget([self.layout.pointer(p) for p in range(self.partitions)])
+            self.generations = {p: int(value or 0) for p, value in enumerate(pointers)}
+        values = await self.client.mget([self.layout_of(p).checkpoint(p) for p in range(self.partitions)])
         return {partition: int(value) for partition, value in enumerate(values) if value is not None}
 
     async def apply(
@@ -147,16 +167,23 @@ class RedisSink(ProjectionSink):
                 records[address] = touched[address] = outcome.record
             else:
                 rejected.append((item.offset, outcome))
+        layout = self.layout_of(partition)
         try:
             await self._script(
-                keys=[self.layout.checkpoint(partition)],
-                args=[expected, through, self.layout.applied_channel, partition,
+                keys=[layout.checkpoint(partition), layout.pointer(partition)],
+                args=[expected, through, layout.applied_channel, partition, layout.generation,
                       *self._operations(partition, touched, rejected)],
             )
         except ResponseError as error:
             message = str(error)
             if message.startswith("CHECKPOINT "):
                 raise CheckpointMoved(partition, expected, int(message.split()[1])) from None
+            if message.startswith("GENERATION "):
+                live = int(message.split()[1])
+                if self.building is not None:
+                    raise GenerationRetired(f"generation {live} went live while building {self.building}") from None
+                self.generations[partition] = live
+                raise CheckpointMoved(partition, expected, -1, f" (a rebuild moved it to generation {live})") from None
             raise
         if self.wait_replicas:
             await self._wait_for_replicas(partition, through)
@@ -180,8 +207,8 @@ class RedisSink(ProjectionSink):
         if not addresses:
             return {}
         async with self.client.pipeline(transaction=False) as pipe:
-            for address in addresses:
-                pipe.hgetall(self.layout.record(*address))
+            for home, tenant, key in addresses:
+                pipe.hgetall(self.layout_of(home).record(home, tenant, key))
             results = await pipe.execute()
         return {address: decode_record(fields) for address, fields in zip(addresses, results, strict=True)}
 
@@ -192,9 +219,11 @@ class RedisSink(ProjectionSink):
         argv: list[Any] = []
         for (home, tenant, key), record in touched.items():
             fields = encode_record(record)
-            argv += ["R", self.layout.record(home, tenant, key), len(fields), *fields, physical_expiry(record, now)]
-            argv += ["Z-" if record.deleted else "Z+", self.layout.index(home, tenant), key]
+            layout = self.layout_of(home)
+            argv += ["R", layout.record(home, tenant, key), len(fields), *fields, physical_expiry(record, now)]
+            argv += ["Z-" if record.deleted else "Z+", layout.index(home, tenant), key]
         for offset, outcome in rejected:
             summary = {"status": outcome.status.value, "reason": outcome.reason, "version": outcome.version}
-            argv += ["O", self.layout.outcome(partition, offset), orjson.dumps(summary), OUTCOME_TTL_SECONDS]
+            argv += ["O", self.layout_of(partition).outcome(partition, offset), orjson.dumps(summary),
+                     OUTCOME_TTL_SECONDS]
         return argv

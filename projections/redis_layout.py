@@ -2,11 +2,16 @@
 
 Every key of partition ``p`` carries the hash tag ``{p<p>}``, so one partition's records, index and
 checkpoint live in one Redis Cluster slot and a batch with its checkpoint is one atomic script.
+
+Each partition's state lives in a **generation** (``g<N>`` in the key). A per-partition pointer names the
+generation readers use; a rebuild fills generation N+1 beside the live one and moves the pointer once the
+new generation has caught up (see `replay/rebuild.py`). A namespace ``prefix`` separates the live state
+(``ams``) from sandboxes (``ams:sb:<name>``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 RECORD_FIELDS = ("value", "version", "created", "updated", "expires", "deleted", "cmds")
 
@@ -14,9 +19,13 @@ RECORD_FIELDS = ("value", "version", "created", "updated", "expires", "deleted",
 @dataclass(frozen=True)
 class RedisLayout:
     prefix: str = "ams"
+    generation: int = 0
+
+    def at(self, generation: int) -> RedisLayout:
+        return replace(self, generation=generation)
 
     def _tag(self, partition: int) -> str:
-        return f"{self.prefix}:{{p{partition}}}"
+        return f"{self.prefix}:g{self.generation}:{{p{partition}}}"
 
     def record(self, partition: int, tenant: str, key: str) -> str:
         return f"{self._tag(partition)}:kv:{tenant}:{key}"
@@ -32,7 +41,15 @@ class RedisLayout:
         """The outcome of an event the fold did not accept, kept for writers waiting on it."""
         return f"{self._tag(partition)}:out:{offset}"
 
+    def generation_pattern(self) -> str:
+        """SCAN pattern of every key of this generation (to drop a retired one)."""
+        return f"{self.prefix}:g{self.generation}:{{p*}}:*"
+
+    def pointer(self, partition: int) -> str:
+        """The generation readers use for the partition (absent: generation 0)."""
+        return f"{self.prefix}:{{p{partition}}}:generation"
+
     @property
     def applied_channel(self) -> str:
-        """Pub/sub channel announcing ``"<partition>:<offset>"`` after every applied batch."""
+        """Pub/sub channel announcing ``"<generation>:<partition>:<offset>"`` after every applied batch."""
         return f"{self.prefix}:applied"

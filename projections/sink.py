@@ -33,9 +33,9 @@ class Positioned:
 class CheckpointMoved(RuntimeError):
     """The store's checkpoint is not the one the worker expected; nothing of the batch was applied."""
 
-    def __init__(self, partition: int, expected: int, found: int) -> None:
+    def __init__(self, partition: int, expected: int, found: int, why: str = "") -> None:
         super().__init__(
-            f"partition {partition}: expected checkpoint {expected}, store has {found}; "
+            f"partition {partition}: expected checkpoint {expected}, store has {found}{why}; "
             "re-reading the checkpoint and resuming from there"
         )
         self.partition, self.expected, self.found = partition, expected, found

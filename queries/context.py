@@ -9,7 +9,6 @@ from starlette.requests import Request
 
 from ams.auth import Principal, TokenVerifier
 from ams.settings import Settings
-from projections.redis_layout import RedisLayout
 from queries.positions import AppliedPositions
 
 
@@ -17,7 +16,6 @@ from queries.positions import AppliedPositions
 class QueryContext:
     settings: Settings
     redis: aioredis.Redis
-    layout: RedisLayout
     applied: AppliedPositions
     verifier: TokenVerifier
     partitions: int

@@ -71,7 +71,7 @@ def create_app(settings: Settings) -> Starlette:
         await event_log.start()
         applied = AppliedPositions(redis_client, layout, event_log.partitions)
         await applied.start()
-        app.state.queries = QueryContext(settings, redis_client, layout, applied, verifier, event_log.partitions)
+        app.state.queries = QueryContext(settings, redis_client, applied, verifier, event_log.partitions)
         app.state.commands = command_http.CommandContext(settings, event_log, applied, verifier)
         try:
             yield

@@ -37,7 +37,8 @@ async def get_value(request: Request) -> Response:
     await wait_for_token(request, ctx)
     partition = partition_for(kafka_key(principal.tenant, key), ctx.partitions)
     value, version, expires, deleted = await ctx.redis.hmget(
-        ctx.layout.record(partition, principal.tenant, key), ["value", "version", "expires", "deleted"]
+        ctx.applied.layout_of(partition).record(partition, principal.tenant, key),
+        ["value", "version", "expires", "deleted"],
     )
     if value is None or deleted == b"1" or (expires not in (None, b"0") and int(expires) <= now_ms()):
         raise ApiError(404, "not_found", f"key {key!r} does not exist")
@@ -85,7 +86,8 @@ async def list_keys(request: Request) -> Response:
         # Each partition keeps its own index; merging their first `limit` keys gives the next page.
         async with ctx.redis.pipeline(transaction=False) as pipe:
             for partition in range(ctx.partitions):
-                pipe.zrangebylex(ctx.layout.index(partition, principal.tenant), lower, upper, 0, limit)
+                pipe.zrangebylex(ctx.applied.layout_of(partition).index(partition, principal.tenant), lower, upper,
+                                 0, limit)
             found = await pipe.execute()
         candidates = sorted(key.decode() for keys in found for key in keys)[:limit]
         exhausted = len(candidates) < limit
@@ -107,7 +109,8 @@ async def _live_versions(ctx: QueryContext, tenant: str, keys: list[str]) -> dic
     async with ctx.redis.pipeline(transaction=False) as pipe:
         for key in keys:
             partition = partition_for(kafka_key(tenant, key), ctx.partitions)
-            pipe.hmget(ctx.layout.record(partition, tenant, key), ["version", "expires", "deleted"])
+            record = ctx.applied.layout_of(partition).record(partition, tenant, key)
+            pipe.hmget(record, ["version", "expires", "deleted"])
         rows = await pipe.execute()
     return {
         key: int(version)

@@ -1,7 +1,10 @@
 """How far the hot projection has applied the log, per partition, and waiting until it has applied more.
 
-The projector publishes ``"<partition>:<offset>"`` on a Redis channel after every batch; a poll of the
-checkpoints every ``POLL_SECONDS`` covers missed messages and Redis restarts.
+The projector publishes ``"<generation>:<partition>:<offset>"`` on a Redis channel after every batch; a
+poll of the generation pointers and checkpoints every ``POLL_SECONDS`` covers missed messages, Redis
+restarts and rebuilds. Readers use the generation seen here: after a rebuild moves a partition's pointer,
+the retired generation stays frozen and readable (never newer than the new one) until it is dropped well
+after every gateway has moved on, and waits are always measured in the generation being read.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ class AppliedPositions:
     def __init__(self, client: aioredis.Redis, layout: RedisLayout, partitions: int) -> None:
         self.client, self.layout, self.partitions = client, layout, partitions
         self.applied: dict[int, int] = {}
+        self.generations: dict[int, int] = {partition: 0 for partition in range(partitions)}
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -40,10 +44,18 @@ class AppliedPositions:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    def layout_of(self, partition: int) -> RedisLayout:
+        """The layout of the generation readers of ``partition`` use now."""
+        return self.layout.at(self.generations[partition])
+
     async def refresh(self) -> dict[int, int]:
-        """Read every checkpoint from Redis; Redis is authoritative (after a flush it may go down)."""
-        values = await self.client.mget([self.layout.checkpoint(partition) for partition in range(self.partitions)])
-        self._set({partition: int(value) if value is not None else -1 for partition, value in enumerate(values)})
+        """Read every pointer and checkpoint from Redis; Redis is authoritative (after a flush it may go down)."""
+        partitions = range(self.partitions)
+        pointers = await self.client.mget([self.layout.pointer(partition) for partition in partitions])
+        generations = {partition: int(value or 0) for partition, value in enumerate(pointers)}
+        checkpoints = await self.client.mget([self.layout.at(generations[p]).checkpoint(p) for p in partitions])
+        self.generations = generations
+        self._set({partition: int(value) if value is not None else -1 for partition, value in enumerate(checkpoints)})
         return dict(self.applied)
 
     def _set(self, updates: dict[int, int]) -> None:
@@ -70,7 +82,8 @@ class AppliedPositions:
         return True
 
     async def outcomes(self, positions: list[Position]) -> list[dict[str, Any] | None]:
-        keys = [self.layout.outcome(position.partition, position.offset) for position in positions]
+        keys = [self.layout_of(position.partition).outcome(position.partition, position.offset)
+                for position in positions]
         return [orjson.loads(raw) if raw is not None else None for raw in await self.client.mget(keys)]
 
     async def _listen(self) -> None:
@@ -81,9 +94,9 @@ class AppliedPositions:
                 async for message in pubsub.listen():
                     if message["type"] != "message":
                         continue
-                    partition, _, offset = message["data"].decode().partition(":")
-                    if int(offset) > self.applied.get(int(partition), -1):
-                        self._set({int(partition): int(offset)})
+                    generation, partition, offset = map(int, message["data"].decode().split(":"))
+                    if generation == self.generations.get(partition) and offset > self.applied.get(partition, -1):
+                        self._set({partition: offset})
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # noqa: BLE001 - keep listening through Redis restarts

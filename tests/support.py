@@ -10,6 +10,7 @@ import sys
 from collections.abc import AsyncIterator
 
 import httpx
+import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from ams.settings import Settings
@@ -90,3 +91,24 @@ async def extra_gateway(settings: Settings, tenant: str, env: dict[str, str]) ->
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+async def redis_records(settings: Settings, tenant: str) -> dict[str, Record]:
+    """Every record of ``tenant`` in the hot projection's live generations, read straight from Redis."""
+    from projections.redis_kv import decode_record
+    from projections.redis_layout import RedisLayout
+
+    layout = RedisLayout(settings.redis_prefix)
+    client = aioredis.from_url(settings.redis_url)
+    try:
+        pointers = await client.mget([layout.pointer(p) for p in range(settings.partitions)])
+        found: dict[str, Record] = {}
+        for partition, pointer in enumerate(pointers):
+            prefix = layout.at(int(pointer or 0)).record(partition, tenant, "")
+            async for name in client.scan_iter(match=prefix + "*", count=1000):
+                record = decode_record(await client.hgetall(name))
+                if record is not None:
+                    found[name.decode()[len(prefix):]] = record
+        return found
+    finally:
+        await client.aclose()

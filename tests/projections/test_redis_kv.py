@@ -33,7 +33,7 @@ class TestRedisSink(SinkContract):
         assert isinstance(sink, RedisSink)
         home = partition_for(kafka_key(tenant, key), sink.partitions)
         value, version, expires, deleted = await sink.client.hmget(
-            sink.layout.record(home, tenant, key), ["value", "version", "expires", "deleted"])
+            sink.layout_of(home).record(home, tenant, key), ["value", "version", "expires", "deleted"])
         if value is None or deleted == b"1" or (int(expires or 0) and int(expires) <= now_ms()):
             return None
         return {"value": orjson.loads(value), "version": int(version)}
@@ -66,5 +66,5 @@ async def test_with_wait_replicas_a_batch_is_on_the_replica_when_apply_returns(r
                      wait_replicas=1)
     await sink.apply(0, [Positioned(Event(PUT, tenant, "k", "v", ts=now_ms()), 0)], through=0, expected=-1)
     home = partition_for(kafka_key(tenant, "k"), settings.partitions)
-    assert redis.Redis.from_url(replica).hget(sink.layout.record(home, tenant, "k"), "value") == b'"v"'
+    assert redis.Redis.from_url(replica).hget(sink.layout_of(home).record(home, tenant, "k"), "value") == b'"v"'
     await sink.close()
