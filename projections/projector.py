@@ -60,6 +60,19 @@ class Projector:
             await self._handle_partition(partition, batch)
 
     async def _handle_partition(self, partition: int, batch: list[RawRecord]) -> None:
+        for _ in range(3):
+            try:
+                await self._handle_fresh(partition, batch)
+                return
+            except CheckpointMoved as moved:
+                log.warning("%s", moved)
+                await self.load_checkpoints()
+                if self.checkpoints.get(partition, NO_CHECKPOINT) < moved.expected:
+                    break  # the store lost what it had applied (flushed, rebuilt from nothing)
+                # Otherwise another writer moved it forward (a rebuild went live): skip what it covers.
+        raise Reseek({partition: self.resume_offset(partition)})
+
+    async def _handle_fresh(self, partition: int, batch: list[RawRecord]) -> None:
         expected = self.checkpoints.get(partition, NO_CHECKPOINT)
         fresh = [record for record in batch if record.offset > expected]
         if not fresh:
@@ -84,10 +97,8 @@ class Projector:
     async def _apply(self, partition: int, events: list[Positioned], through: int, expected: int) -> None:
         try:
             await self._retrying(f"apply partition {partition}", self.sink.apply, partition, events, through, expected)
-        except CheckpointMoved as moved:
-            log.warning("%s", moved)
-            await self.load_checkpoints()
-            raise Reseek({partition: self.resume_offset(partition)}) from None
+        except CheckpointMoved:
+            raise
         except Exception as error:  # noqa: BLE001 - a bug or a poison event in the sink: isolate it
             if len(events) <= 1:
                 await self._dead_letter_failed(partition, events, through, expected, error)

@@ -6,6 +6,7 @@ independently. On every partition assignment the worker seeks to the sink's own 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
@@ -95,6 +96,11 @@ def build_app(name: str, settings: Settings) -> ProjectionApp:
                 await projector.handle(records)
             except Reseek as reseek:
                 await seek(reseek.offsets)
+            except Exception:
+                log.exception("%s projection: failed to apply a batch; re-reading it from the checkpoint", name)
+                await asyncio.sleep(1)
+                await projector.load_checkpoints()
+                await seek({p: projector.resume_offset(p) for p in {record.partition for record in records}})
 
     def lags() -> dict[int, int]:
         result = {}
