@@ -91,7 +91,10 @@ def cmd_log_export(args: argparse.Namespace) -> None:
 
     selection = Selection(args.tenant, args.key_prefix, parse_cut(args.until))
     with open(args.output, "wb") if args.output != "-" else sys.stdout.buffer as out:
-        count = asyncio.run(export_log(get_settings(), out, selection, args.topic))
+        try:
+            count = asyncio.run(export_log(get_settings(), out, selection, args.topic))
+        except ValueError as error:
+            raise SystemExit(str(error)) from None
     notices.print(f"exported {count} records to {args.output}")
 
 
@@ -113,6 +116,43 @@ def cmd_rebuild(args: argparse.Namespace) -> None:
     state = asyncio.run(rebuild_redis(get_settings(), restart=args.restart))
     console.print(f"redis: generation {state.generation} is live ({state.applied} events replayed, "
                   f"{state.events_per_second:,.0f} events/s)")
+
+
+def cmd_sandbox(args: argparse.Namespace) -> None:
+    import asyncio
+
+    from rich.table import Table
+
+    from ams.namespaces import ALL_TENANTS
+    from replay import diff, sandboxes
+
+    settings = get_settings()
+    owner = args.tenant or ALL_TENANTS
+    try:
+        if args.sandbox_command == "create":
+            spec = asyncio.run(sandboxes.create_sandbox(settings, owner, args.name, key_prefix=args.key_prefix,
+                                                        until=args.until))
+            console.print(f"sandbox {owner}/{spec.name}: {spec.events} events copied; serve it with the header "
+                          f"X-AMS-Sandbox: {spec.name}")
+        elif args.sandbox_command == "list":
+            table = Table("owner", "name", "key prefix", "until", "events")
+            for spec in asyncio.run(sandboxes.list_sandboxes(settings)).values():
+                table.add_row(spec.owner, spec.name, spec.key_prefix or "", spec.until or "", str(spec.events))
+            console.print(table)
+        elif args.sandbox_command == "diff":
+            found = asyncio.run(sandboxes.list_sandboxes(settings)).get(f"{owner}|{args.name}".encode())
+            if found is None:
+                raise sandboxes.SandboxError(f"no sandbox {owner}/{args.name}")
+            rows = asyncio.run(diff.diff_sandbox(settings, found, args.key_tenant or args.tenant or "", args.against))
+            table = Table("key", "sandbox", args.against)
+            for row in rows:
+                table.add_row(row.key, repr(row.sandbox), repr(row.other))
+            console.print(table if rows else "no differences")
+        else:
+            asyncio.run(sandboxes.drop_sandbox(settings, owner, args.name))
+            console.print(f"sandbox {owner}/{args.name} dropped")
+    except (sandboxes.SandboxError, ValueError) as error:
+        raise SystemExit(str(error)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,6 +190,23 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument("projection", choices=["redis"])
     rebuild.add_argument("--restart", action="store_true", help="discard an unfinished rebuild and start over")
     rebuild.set_defaults(func=cmd_rebuild)
+
+    sandbox = sub.add_parser("sandbox", help="fork the log into a sandbox; list, diff and drop sandboxes")
+    sandbox_sub = sandbox.add_subparsers(dest="sandbox_command", required=True)
+    for command, text in [("create", "copy a slice of the log into a new sandbox"), ("list", "list sandboxes"),
+                          ("diff", "keys that differ between a sandbox and live"), ("drop", "remove every trace")]:
+        parser_ = sandbox_sub.add_parser(command, help=text)
+        if command != "list":
+            parser_.add_argument("name")
+        parser_.add_argument("--tenant", help="the tenant whose events (and sandbox) it is; default: every tenant")
+        if command == "create":
+            parser_.add_argument("--key-prefix")
+            parser_.add_argument("--until", help="a position like 0:15,3:42 or an RFC 3339 time")
+        if command == "diff":
+            parser_.add_argument("--against", choices=["live", "source"], default="live",
+                                 help="live memory now, or the live state at the sandbox's cut")
+            parser_.add_argument("--key-tenant", help="whose keys to compare in a sandbox of every tenant")
+        parser_.set_defaults(func=cmd_sandbox)
 
     log_parser = sub.add_parser("log", help="export or import a slice of the log as JSON lines")
     log_sub = log_parser.add_subparsers(dest="log_command", required=True)

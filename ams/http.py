@@ -10,8 +10,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ams.auth import Forbidden, Unauthorized
+from ams.auth import Forbidden, Principal, Unauthorized
 from commands.keys import InvalidName
+
+
+def authorize(request: Request, scope: str) -> Principal:
+    """The caller, from its bearer token, if it has ``scope``; kept on the request for what follows."""
+    principal: Principal = request.app.state.verifier.verify(request.headers.get("authorization"))
+    principal.require(scope)
+    request.state.principal = principal
+    return principal
 
 
 class ApiError(Exception):

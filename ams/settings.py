@@ -105,6 +105,8 @@ class Settings:
     jwt_public_key: str = field(default_factory=lambda: _env("JWT_PUBLIC_KEY", ""))
     jwks_url: str = field(default_factory=lambda: _env("JWKS_URL", ""))
     tenant_claim: str = field(default_factory=lambda: _env("TENANT_CLAIM", "tenant"))
+    # Admin tokens of this tenant may run operations that affect every tenant (rebuilds).
+    operator_tenant: str = field(default_factory=lambda: _env("OPERATOR_TENANT", "ops"))
 
     def __post_init__(self) -> None:
         # Derived addresses follow the ports unless given explicitly.

@@ -10,11 +10,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ams.auth import WRITE, Principal
-from ams.http import ApiError, json_response, read_json
+from ams.http import ApiError, authorize, json_response, read_json
 from commands.envelope import DELETE, PATCH, PUT, Event
 from commands.http import (
     MAX_TTL_SECONDS,
-    authorize,
     await_applied,
     command_context,
     new_event,

@@ -14,8 +14,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ams.auth import WRITE, Principal, TokenVerifier
-from ams.http import ApiError, json_response, read_json
+from ams.auth import WRITE, Principal
+from ams.http import ApiError, authorize, json_response, read_json
 from ams.settings import Settings
 from commands.consistency import EVENTUAL, default_class
 from commands.envelope import DELETE, PATCH, PUT, STREAM_APPEND, Event, now_ms, uuid7
@@ -41,18 +41,12 @@ class CommandContext:
     settings: Settings
     log: EventLog
     watch: AppliedWatch
-    verifier: TokenVerifier
 
 
 def command_context(request: Request) -> CommandContext:
-    context: CommandContext = request.app.state.commands
+    """The write side of the namespace the request names: live, or the sandbox in ``X-AMS-Sandbox``."""
+    context: CommandContext = request.app.state.namespaces.resolve(request).commands
     return context
-
-
-def authorize(request: Request, scope: str) -> Principal:
-    principal = command_context(request).verifier.verify(request.headers.get("authorization"))
-    principal.require(scope)
-    return principal
 
 
 def _version_header(request: Request, name: str) -> int | None:

@@ -8,6 +8,7 @@ A batch goes through a transactional producer, so all of its events become visib
 from __future__ import annotations
 
 import asyncio
+import copy
 import uuid
 from collections.abc import Sequence
 
@@ -44,6 +45,12 @@ class EventLog:
         if not found:
             raise RuntimeError(f"topic {self.topic!r} does not exist; run `ams up` to create it")
         self.partitions = len(found)
+
+    def at(self, topic: str) -> EventLog:
+        """The same producers, appending to another topic of the same shape (a sandbox's log)."""
+        other = copy.copy(self)
+        other.topic = topic
+        return other
 
     async def stop(self) -> None:
         await self._producer.stop()

@@ -29,6 +29,8 @@ async def kafka_topics(settings: Settings) -> None:
             NewTopic(settings.events_topic, settings.partitions, 1, topic_configs=forever),
             NewTopic(settings.dlq_topic, 1, 1, topic_configs=forever),
             NewTopic(READINESS_TOPIC, 1, 1, topic_configs={"retention.ms": "3600000"}),
+            # The registry of sandboxes: one record per sandbox, the newest wins (see replay/sandboxes.py).
+            NewTopic(f"{settings.events_topic}.sandboxes", 1, 1, topic_configs={"cleanup.policy": "compact"}),
         ]
         existing = set(await admin.list_topics())
         missing = [topic for topic in topics if topic.name not in existing]

@@ -138,6 +138,24 @@ class RedisSink(ProjectionSink):
     async def close(self) -> None:
         await self.client.aclose()
 
+    async def drop(self) -> int:
+        dropped = 0
+        async for name in self.client.scan_iter(match=f"{self.layout.prefix}:*", count=1000):
+            dropped += await self.client.unlink(name)
+        return dropped
+
+    async def records(self, tenant: str) -> dict[str, Record]:
+        """Every record of ``tenant`` (tombstones included) in the live generations, for diffs and checks."""
+        await self.checkpoints()  # reads the generation pointers
+        found: dict[str, Record] = {}
+        for partition in range(self.partitions):
+            prefix = self.layout_of(partition).record(partition, tenant, "")
+            async for name in self.client.scan_iter(match=prefix + "*", count=1000):
+                record = decode_record(await self.client.hgetall(name))  # type: ignore[arg-type]
+                if record is not None:
+                    found[name.decode()[len(prefix):]] = record
+        return found
+
     def layout_of(self, partition: int) -> RedisLayout:
         return self.layout.at(self.generations[partition])
 

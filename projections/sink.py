@@ -52,6 +52,10 @@ class ProjectionSink(ABC):
         """Release connections."""
 
     @abstractmethod
+    async def drop(self) -> int:
+        """Remove every trace of this sink's namespace (a dropped sandbox); returns how many things went."""
+
+    @abstractmethod
     async def checkpoints(self) -> dict[int, int]:
         """The last applied offset of every partition this store has seen."""
 

@@ -14,11 +14,13 @@ import faust
 from faust.types import TP
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ams.namespaces import Namespace, live
 from ams.settings import Settings
 from projections import metrics
 from projections.dead_letters import DeadLetters
 from projections.faust_app import ProjectionApp
 from projections.projector import Projector, RawRecord, Reseek
+from projections.sandbox_follower import SandboxFollower
 from projections.sink import ProjectionSink
 
 log = logging.getLogger("ams.projector")
@@ -27,15 +29,16 @@ BATCH_MAX = 1000
 BATCH_WITHIN_SECONDS = 0.005
 
 
-def _redis_sink(settings: Settings) -> ProjectionSink:
+def _redis_sink(settings: Settings, namespace: Namespace) -> ProjectionSink:
     from projections.redis_kv import RedisSink
     from projections.redis_layout import RedisLayout
 
-    return RedisSink(settings.redis_url, RedisLayout(settings.redis_prefix), settings.partitions,
+    return RedisSink(settings.redis_url, RedisLayout(namespace.redis_prefix), settings.partitions,
                      wait_replicas=settings.redis_wait_replicas, wait_timeout_ms=settings.redis_wait_timeout_ms)
 
 
-SINKS: dict[str, Callable[[Settings], ProjectionSink]] = {"redis": _redis_sink}
+# Each projection's sink, made for a namespace (the live one, or a sandbox's).
+SINKS: dict[str, Callable[[Settings, Namespace], ProjectionSink]] = {"redis": _redis_sink}
 
 
 def web_port(settings: Settings, name: str) -> int:
@@ -43,7 +46,8 @@ def web_port(settings: Settings, name: str) -> int:
 
 
 def build_app(name: str, settings: Settings) -> ProjectionApp:
-    sink = SINKS[name](settings)
+    make_sink = SINKS[name]
+    sink = make_sink(settings, live(settings))
     projector = Projector(sink, DeadLetters(settings.kafka_bootstrap, settings.dlq_topic, settings.events_topic),
                           settings.default_tenant)
     app = ProjectionApp(
@@ -101,6 +105,10 @@ def build_app(name: str, settings: Settings) -> ProjectionApp:
                 await asyncio.sleep(1)
                 await projector.load_checkpoints()
                 await seek({p: projector.resume_offset(p) for p in {record.partition for record in records}})
+
+    @app.task
+    async def follow_sandboxes() -> None:
+        await SandboxFollower(settings, lambda namespace: make_sink(settings, namespace)).run()
 
     def lags() -> dict[int, int]:
         result = {}

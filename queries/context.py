@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from starlette.requests import Request
 
-from ams.auth import Principal, TokenVerifier
+from ams.http import authorize
 from ams.settings import Settings
 from queries.positions import AppliedPositions
 
@@ -17,16 +17,13 @@ class QueryContext:
     settings: Settings
     redis: aioredis.Redis
     applied: AppliedPositions
-    verifier: TokenVerifier
     partitions: int
 
 
 def context(request: Request) -> QueryContext:
-    ctx: QueryContext = request.app.state.queries
+    """The read side of the namespace the request names: live, or the sandbox in ``X-AMS-Sandbox``."""
+    ctx: QueryContext = request.app.state.namespaces.resolve(request).queries
     return ctx
 
 
-def authorize(request: Request, scope: str) -> Principal:
-    principal = context(request).verifier.verify(request.headers.get("authorization"))
-    principal.require(scope)
-    return principal
+__all__ = ["QueryContext", "authorize", "context"]

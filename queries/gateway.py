@@ -18,14 +18,15 @@ from starlette.routing import Route
 
 from ams.auth import READ, TokenVerifier
 from ams.http import EXCEPTION_HANDLERS, BodyLimitMiddleware, json_response
+from ams.namespaces import live
 from ams.settings import Settings
 from commands import batch as command_batch
 from commands import http as command_http
 from commands.log import EventLog
-from projections.redis_layout import RedisLayout
 from queries import kv
-from queries.context import QueryContext, authorize, context
-from queries.positions import AppliedPositions
+from queries.context import authorize, context
+from queries.namespaces import GatewayNamespaces
+from replay import http as replay_http
 
 
 async def healthz(request: Request) -> Response:
@@ -49,8 +50,7 @@ async def positions(request: Request) -> Response:
     authorize(request, READ)
     ctx = context(request)
     applied = await ctx.applied.refresh()
-    log = request.app.state.commands.log
-    heads = await log.end_offsets()
+    heads = await command_http.command_context(request).log.end_offsets()
     return json_response({
         "projections": {
             "redis": {str(partition): {"applied": offset, "lag": max(0, heads[partition] - 1 - offset)}
@@ -62,21 +62,20 @@ async def positions(request: Request) -> Response:
 
 def create_app(settings: Settings) -> Starlette:
     redis_client = aioredis.from_url(settings.redis_url)
-    layout = RedisLayout(settings.redis_prefix)
-    verifier = TokenVerifier(settings)
     event_log = EventLog(settings.kafka_bootstrap, settings.events_topic)
+    namespaces = GatewayNamespaces(settings, redis_client, event_log)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await event_log.start()
-        applied = AppliedPositions(redis_client, layout, event_log.partitions)
-        await applied.start()
-        app.state.queries = QueryContext(settings, redis_client, applied, verifier, event_log.partitions)
-        app.state.commands = command_http.CommandContext(settings, event_log, applied, verifier)
+        await namespaces.start(live(settings))
+        app.state.verifier = TokenVerifier(settings)
+        app.state.namespaces = namespaces
+        app.state.event_log = event_log
         try:
             yield
         finally:
-            await applied.stop()
+            await namespaces.stop()
             await event_log.stop()
             await redis_client.aclose()
 
@@ -88,6 +87,7 @@ def create_app(settings: Settings) -> Starlette:
         *command_http.routes,
         *command_batch.routes,
         *kv.routes,
+        *replay_http.routes,
     ]
     return Starlette(
         routes=routes,

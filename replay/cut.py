@@ -13,6 +13,10 @@ from datetime import datetime
 from commands.keys import InvalidName, parse_positions
 
 
+class PositionNotInLog(ValueError):
+    """A cut names a position the log does not have."""
+
+
 @dataclass(frozen=True)
 class Cut:
     offsets: dict[int, int]  # partition -> last offset kept (inclusive)

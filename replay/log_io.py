@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ams.settings import Settings
 from commands.envelope import Event, MalformedEvent, decode
-from replay.cut import EVERYTHING, Cut
+from replay.cut import EVERYTHING, Cut, PositionNotInLog
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,9 @@ async def read_log(settings: Settings, topic: str, selection: Selection) -> Asyn
         consumer.assign(partitions)
         ends = await consumer.end_offsets(partitions)
         starts = await consumer.beginning_offsets(partitions)
-        cut = await _with_time_of_named_positions(consumer, selection.cut, topic)
+        cut = selection.cut
+        if cut.offsets and cut.until_ms is None and set(cut.offsets) != {tp.partition for tp in partitions}:
+            cut = await _with_time_of_named_positions(consumer, cut, topic)
         selection = Selection(selection.tenant, selection.key_prefix, cut)
         for tp in partitions:
             last = cut.last_offset(tp.partition)
@@ -91,15 +93,13 @@ async def read_log(settings: Settings, topic: str, selection: Selection) -> Asyn
 
 async def _with_time_of_named_positions(consumer: AIOKafkaConsumer, cut: Cut, topic: str) -> Cut:
     """A token names some partitions; the others are cut at the newest time among the named events."""
-    if not cut.offsets or cut.until_ms is not None:
-        return cut
     times = []
     for partition, offset in cut.offsets.items():
         tp = TopicPartition(topic, partition)
         consumer.seek(tp, offset)
         records = (await consumer.getmany(tp, timeout_ms=5000, max_records=1)).get(tp, [])
         if not records:
-            raise SystemExit(f"position {partition}:{offset} is not in {topic}; name a position that exists")
+            raise PositionNotInLog(f"position {partition}:{offset} is not in {topic}; name a position that exists")
         times.append(records[0].timestamp)
     return Cut(cut.offsets, max(times))
 
@@ -163,3 +163,14 @@ async def import_log(settings: Settings, lines: Iterable[bytes], topic: str) -> 
     finally:
         await producer.stop()
     return count
+
+
+async def log_heads(settings: Settings, topic: str) -> dict[int, int]:
+    """The offset the next committed record of each partition will get."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, isolation_level="read_committed")
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, number) for number in range(await _partition_count(settings, topic))]
+        return {tp.partition: end for tp, end in (await consumer.end_offsets(partitions)).items()}
+    finally:
+        await consumer.stop()

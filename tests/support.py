@@ -10,7 +10,6 @@ import sys
 from collections.abc import AsyncIterator
 
 import httpx
-import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from ams.settings import Settings
@@ -93,22 +92,22 @@ async def extra_gateway(settings: Settings, tenant: str, env: dict[str, str]) ->
         process.wait(timeout=10)
 
 
-async def redis_records(settings: Settings, tenant: str) -> dict[str, Record]:
-    """Every record of ``tenant`` in the hot projection's live generations, read straight from Redis."""
-    from projections.redis_kv import decode_record
+async def redis_records(settings: Settings, tenant: str, prefix: str | None = None) -> dict[str, Record]:
+    """Every record of ``tenant`` in the hot projection, read straight from Redis."""
+    from projections.redis_kv import RedisSink
     from projections.redis_layout import RedisLayout
 
-    layout = RedisLayout(settings.redis_prefix)
-    client = aioredis.from_url(settings.redis_url)
+    sink = RedisSink(settings.redis_url, RedisLayout(prefix or settings.redis_prefix), settings.partitions)
     try:
-        pointers = await client.mget([layout.pointer(p) for p in range(settings.partitions)])
-        found: dict[str, Record] = {}
-        for partition, pointer in enumerate(pointers):
-            prefix = layout.at(int(pointer or 0)).record(partition, tenant, "")
-            async for name in client.scan_iter(match=prefix + "*", count=1000):
-                record = decode_record(await client.hgetall(name))
-                if record is not None:
-                    found[name.decode()[len(prefix):]] = record
-        return found
+        return await sink.records(tenant)
     finally:
-        await client.aclose()
+        await sink.close()
+
+
+async def topic_exists(settings: Settings, topic: str) -> bool:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        return topic in (await producer.client.fetch_all_metadata()).topics()
+    finally:
+        await producer.stop()

@@ -1,0 +1,89 @@
+"""Projecting sandboxes: every registered sandbox's topic into the sandbox's own namespace.
+
+Each projection worker runs one follower beside its live consumer. The follower reads the sandbox
+registry; for each sandbox it runs a loop over the sandbox's topic (every partition, assigned by hand, so
+no consumer-group rebalance ever touches the live projection) through the same `Projector` as live
+events, into a sink of the sandbox's namespace. When a sandbox is dropped, its state is dropped too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from ams.namespaces import Namespace
+from ams.settings import Settings
+from projections.dead_letters import DeadLetters
+from projections.projector import Projector, RawRecord, Reseek
+from projections.sink import ProjectionSink
+from replay.sandboxes import SandboxSpec, follow_registry
+
+log = logging.getLogger("ams.projector")
+
+
+class SandboxFollower:
+    def __init__(self, settings: Settings, make_sink: Callable[[Namespace], ProjectionSink]) -> None:
+        self.settings, self.make_sink = settings, make_sink
+        self.running: dict[bytes, asyncio.Task[None]] = {}
+
+    async def run(self) -> None:
+        try:
+            async for key, spec in follow_registry(self.settings):
+                task = self.running.pop(key, None)
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                if spec is None:
+                    await self._drop(key)
+                else:
+                    self.running[key] = asyncio.create_task(self._project(spec))
+        finally:
+            for task in self.running.values():
+                task.cancel()
+
+    async def _drop(self, key: bytes) -> None:
+        owner, _, name = key.decode().partition("|")
+        sink = self.make_sink(SandboxSpec(owner, name).namespace(self.settings))
+        try:
+            dropped = await sink.drop()
+            log.info("sandbox %s/%s dropped: %d items of its %s state removed", owner, name, dropped, sink.name)
+        finally:
+            await sink.close()
+
+    async def _project(self, spec: SandboxSpec) -> None:
+        namespace = spec.namespace(self.settings)
+        sink = self.make_sink(namespace)
+        dead_letters = DeadLetters(self.settings.kafka_bootstrap, self.settings.dlq_topic, namespace.topic)
+        projector = Projector(sink, dead_letters, self.settings.default_tenant)
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False,
+                                    isolation_level="read_committed")
+        await consumer.start()
+        try:
+            partitions = [TopicPartition(namespace.topic, p) for p in range(self.settings.partitions)]
+            consumer.assign(partitions)
+            await projector.load_checkpoints()
+            for tp in partitions:
+                consumer.seek(tp, projector.resume_offset(tp.partition))
+            while True:
+                batch = await consumer.getmany(timeout_ms=500, max_records=2000)
+                records = [RawRecord(r.partition, r.offset, r.value, list(r.headers), r.timestamp)
+                           for tp_records in batch.values() for r in tp_records]
+                try:
+                    await projector.handle(records)
+                except Reseek as reseek:
+                    for partition, offset in reseek.offsets.items():
+                        consumer.seek(TopicPartition(namespace.topic, partition), offset)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s: the %s projection stopped; it resumes when the worker restarts", namespace.label,
+                          sink.name)
+        finally:
+            await consumer.stop()
+            await dead_letters.close()
+            await sink.close()

@@ -1,0 +1,172 @@
+"""Sandboxes: a slice of the log copied into a topic of its own, with projections of its own.
+
+The registry of sandboxes is itself a log: the compacted topic ``<events>.sandboxes``, keyed by
+``<owner>|<name>`` (a tombstone drops one). Projection workers and gateways follow it, so creating a
+sandbox needs no restart: workers start projecting its topic into its namespace, gateways start serving it.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field, replace
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
+
+from ams.namespaces import ALL_TENANTS, Namespace, sandbox
+from ams.settings import Settings
+from commands.keys import InvalidName, format_positions
+from replay.cut import Cut, parse_cut
+from replay.log_io import Selection, log_heads, read_log
+
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,47}")
+
+
+class SandboxError(Exception):
+    """A sandbox request that cannot be done; the message says why."""
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    owner: str  # a tenant, or ALL_TENANTS
+    name: str
+    key_prefix: str | None = None
+    until: str | None = None
+    events: int = 0
+    created_ms: int = 0
+    position: str = ""  # the last copied event of each partition: a read of the sandbox waiting for it sees all
+    # The live log's last offset per partition at the fork (when no ``until`` was given): the sandbox's source.
+    source_offsets: dict[str, int] = field(default_factory=dict)
+
+    def source_cut(self) -> Cut:
+        if self.source_offsets:
+            return Cut({int(partition): offset for partition, offset in self.source_offsets.items()})
+        return parse_cut(self.until)
+
+    @property
+    def registry_key(self) -> bytes:
+        return f"{self.owner}|{self.name}".encode()
+
+    def namespace(self, settings: Settings) -> Namespace:
+        return sandbox(settings, self.owner, self.name)
+
+
+def check_name(name: str) -> str:
+    if not _NAME.fullmatch(name):
+        raise InvalidName(f"sandbox name {name!r} must be 1 to 48 characters from a-z 0-9 _ -, starting with a "
+                          "letter or digit")
+    return name
+
+
+def registry_topic(settings: Settings) -> str:
+    return f"{settings.events_topic}.sandboxes"
+
+
+async def follow_registry(settings: Settings, *, once: bool = False) -> AsyncIterator[tuple[bytes, SandboxSpec | None]]:
+    """Every registry record from the start (then, unless ``once``, new ones as they come)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+                                isolation_level="read_committed")
+    await consumer.start()
+    try:
+        tp = TopicPartition(registry_topic(settings), 0)
+        consumer.assign([tp])
+        consumer.seek(tp, (await consumer.beginning_offsets([tp]))[tp])
+        end = (await consumer.end_offsets([tp]))[tp]
+        while True:
+            if once and await consumer.position(tp) >= end:
+                return
+            batch = await consumer.getmany(tp, timeout_ms=500)
+            for record in batch.get(tp, []):
+                spec = SandboxSpec(**orjson.loads(record.value)) if record.value is not None else None
+                yield record.key, spec
+    finally:
+        await consumer.stop()
+
+
+async def list_sandboxes(settings: Settings) -> dict[bytes, SandboxSpec]:
+    found: dict[bytes, SandboxSpec] = {}
+    async for key, spec in follow_registry(settings, once=True):
+        if spec is None:
+            found.pop(key, None)
+        else:
+            found[key] = spec
+    return found
+
+
+async def _register(settings: Settings, key: bytes, spec: SandboxSpec | None) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        await producer.send_and_wait(registry_topic(settings), orjson.dumps(asdict(spec)) if spec else None, key=key)
+    finally:
+        await producer.stop()
+
+
+async def create_sandbox(settings: Settings, owner: str, name: str, *, key_prefix: str | None = None,
+                         until: str | None = None) -> SandboxSpec:
+    """Copy the matching slice of the live log into the sandbox's topic (one transaction), then register it."""
+    check_name(name)
+    if f"{owner}|{name}".encode() in await list_sandboxes(settings):
+        raise SandboxError(f"a sandbox named {name!r} already exists; drop it first or choose another name")
+    namespace = sandbox(settings, owner, name)
+    source: dict[str, int] = {}
+    if until is None:
+        heads = await log_heads(settings, settings.events_topic)
+        source = {str(partition): head - 1 for partition, head in heads.items()}
+    spec = SandboxSpec(owner, name, key_prefix, until, source_offsets=source)
+    selection = Selection(None if owner == ALL_TENANTS else owner, key_prefix, spec.source_cut())
+    await _create_topic(settings, namespace.topic)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", max_request_size=8 << 20,
+                                transactional_id=f"ams-sandbox-{owner}-{name}", transaction_timeout_ms=900_000)
+    await producer.start()
+    sent = []
+    try:
+        async with producer.transaction():
+            async for record, event in read_log(settings, settings.events_topic, selection):
+                if event is None:
+                    continue  # poison stays in the live log's dead-letter topic
+                # Same partition as in the live log, so every key keeps its order and its routing.
+                sent.append(await producer.send(namespace.topic, record.value, key=record.key,
+                                                partition=record.partition, headers=list(record.headers)))
+        last: dict[int, int] = {}
+        for metadata in [await future for future in sent]:
+            last[metadata.partition] = max(metadata.offset, last.get(metadata.partition, -1))
+    finally:
+        await producer.stop()
+    spec = replace(spec, events=len(sent), created_ms=int(time.time() * 1000), position=format_positions(last))
+    await _register(settings, spec.registry_key, spec)
+    return spec
+
+
+async def drop_sandbox(settings: Settings, owner: str, name: str) -> SandboxSpec:
+    """Unregister the sandbox and delete its topic; projection workers then drop its state."""
+    key = f"{owner}|{check_name(name)}".encode()
+    spec = (await list_sandboxes(settings)).get(key)
+    if spec is None:
+        raise SandboxError(f"no sandbox named {name!r}")
+    await _register(settings, key, None)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([spec.namespace(settings).topic])
+    except UnknownTopicOrPartitionError:
+        pass
+    finally:
+        await admin.close()
+    return spec
+
+
+async def _create_topic(settings: Settings, topic: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        forever = {"retention.ms": "-1", "retention.bytes": "-1"}
+        await admin.create_topics([NewTopic(topic, settings.partitions, 1, topic_configs=forever)])
+    except TopicAlreadyExistsError:
+        pass
+    finally:
+        await admin.close()

@@ -1,0 +1,116 @@
+"""Sandboxes through the real stack: the log forked at a position, its own projections, isolation, drop."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from ams.settings import Settings
+from tests.conftest import token_for
+from tests.support import redis_records, topic_exists
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture
+async def admin(settings: Settings, tenant: str) -> AsyncIterator[httpx.AsyncClient]:
+    headers = {"Authorization": f"Bearer {token_for(settings, tenant, 'memory:admin')}"}
+    async with httpx.AsyncClient(base_url=settings.gateway_url, headers=headers, timeout=60) as client:
+        yield client
+
+
+async def make_sandbox(admin: httpx.AsyncClient, **body: str) -> tuple[str, dict[str, str]]:
+    name = f"sb-{uuid.uuid4().hex[:8]}"
+    response = await admin.post("/v1/sandboxes", json={"name": name, **body})
+    assert response.status_code == 201, response.text
+    headers = {"X-AMS-Sandbox": name}
+    if response.headers.get("X-AMS-Position"):
+        headers["X-AMS-Min-Position"] = response.headers["X-AMS-Position"]
+    return name, headers
+
+
+async def test_a_sandbox_until_a_position_shows_exactly_the_state_at_that_position(
+    api: httpx.AsyncClient, admin: httpx.AsyncClient
+) -> None:
+    await api.put("/v1/kv/plan", json="v1")
+    await api.put("/v1/kv/notes", json=["a"])
+    cut = await api.put("/v1/kv/plan", json="v2")
+    await api.put("/v1/kv/plan", json="v3")  # after the cut
+    await api.delete("/v1/kv/notes")  # after the cut
+    await api.put("/v1/kv/later", json=1)  # after the cut
+    _, sandbox = await make_sandbox(admin, until=cut.headers["X-AMS-Position"])
+
+    assert (await api.get("/v1/kv/plan", headers=sandbox)).json() == "v2"
+    assert (await api.get("/v1/kv/notes", headers=sandbox)).json() == ["a"]
+    assert (await api.get("/v1/kv/later", headers=sandbox)).status_code == 404
+    listed = (await api.get("/v1/kv", headers=sandbox)).json()["items"]
+    assert [item["key"] for item in listed] == ["notes", "plan"]
+    assert (await api.get("/v1/kv/plan")).json() == "v3"  # live is as it was
+
+
+async def test_writes_to_a_sandbox_never_touch_live_and_diffs_show_them(
+    api: httpx.AsyncClient, admin: httpx.AsyncClient
+) -> None:
+    await api.put("/v1/kv/plan", json="live")
+    await api.put("/v1/kv/same", json=1)
+    name, sandbox = await make_sandbox(admin)
+    heads = (await api.get("/v1/positions")).json()["log"]
+    written = await api.put("/v1/kv/plan", json="rerun", headers=sandbox)
+    assert written.status_code == 200, written.text
+    assert (await api.put("/v1/kv/new", json=True, headers=sandbox)).status_code == 200
+    assert (await api.get("/v1/kv/plan", headers={"X-AMS-Sandbox": name})).json() == "rerun"
+    assert (await api.get("/v1/kv/plan")).json() == "live"
+    assert (await api.get("/v1/positions")).json()["log"] == heads  # nothing reached the live log
+
+    against_live = (await admin.get(f"/v1/sandboxes/{name}/diff")).json()["differences"]
+    assert against_live == [{"key": "new", "sandbox": True, "other": None},
+                            {"key": "plan", "sandbox": "rerun", "other": "live"}]
+    await api.put("/v1/kv/same", json=2)  # live moves on after the fork
+    against_source = (await admin.get(f"/v1/sandboxes/{name}/diff", params={"against": "source"})).json()
+    assert [row["key"] for row in against_source["differences"]] == ["new", "plan"]
+
+
+async def test_drop_removes_every_trace(api: httpx.AsyncClient, admin: httpx.AsyncClient, settings: Settings,
+                                        tenant: str) -> None:
+    await api.put("/v1/kv/k", json=1)
+    name, sandbox = await make_sandbox(admin)
+    assert (await api.get("/v1/kv/k", headers=sandbox)).json() == 1
+    assert (await admin.delete(f"/v1/sandboxes/{name}")).status_code == 200
+    assert all(item["name"] != name for item in (await admin.get("/v1/sandboxes")).json()["items"])
+    async with asyncio.timeout(30):
+        while (await api.get("/v1/kv/k", headers={"X-AMS-Sandbox": name})).status_code != 404 or \
+                await redis_records(settings, tenant, f"{settings.redis_prefix}:sb:{tenant}:{name}"):
+            await asyncio.sleep(0.2)
+    assert (await api.get("/v1/kv/k", headers={"X-AMS-Sandbox": name})).json()["error"]["code"] == "no_sandbox"
+    assert not await topic_exists(settings, f"{settings.events_topic}.sandbox.{tenant}.{name}")
+
+
+async def test_tenants_cannot_reach_each_others_sandboxes(admin: httpx.AsyncClient, settings: Settings) -> None:
+    name, _ = await make_sandbox(admin)
+    other = f"t{uuid.uuid4().hex[:12]}"
+    for scopes in (("memory:read", "memory:write"), ("memory:admin",)):
+        headers = {"Authorization": f"Bearer {token_for(settings, other, *scopes)}", "X-AMS-Sandbox": name}
+        async with httpx.AsyncClient(base_url=settings.gateway_url, headers=headers, timeout=30) as intruder:
+            assert (await intruder.get("/v1/kv/anything")).json()["error"]["code"] == "no_sandbox"
+            assert (await intruder.put("/v1/kv/anything", json=1)).json()["error"]["code"] == "no_sandbox"
+            if "memory:admin" in scopes:
+                assert (await intruder.get(f"/v1/sandboxes/{name}/diff")).status_code == 404
+                assert (await intruder.delete(f"/v1/sandboxes/{name}")).status_code == 404
+                assert (await intruder.get("/v1/sandboxes")).json()["items"] == []
+
+
+async def test_managing_sandboxes_needs_the_admin_scope(api: httpx.AsyncClient) -> None:
+    assert (await api.post("/v1/sandboxes", json={"name": "nope"})).status_code == 403
+    assert (await api.get("/v1/sandboxes")).status_code == 403
+
+
+async def test_bad_sandbox_requests_are_clear_4xx(admin: httpx.AsyncClient) -> None:
+    assert (await admin.post("/v1/sandboxes", json={"name": "Bad Name"})).status_code == 400
+    assert (await admin.post("/v1/sandboxes", json={"name": "ok", "until": "yesterday"})).status_code == 400
+    assert (await admin.post("/v1/sandboxes", json={"name": "ok", "until": "0:999999999"})).status_code == 422
+    name, _ = await make_sandbox(admin)
+    assert (await admin.post("/v1/sandboxes", json={"name": name})).status_code == 409
