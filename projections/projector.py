@@ -12,7 +12,10 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from aiokafka import ConsumerRecord
+
 from commands.envelope import MalformedEvent, decode
+from commands.log import record_key
 from projections import metrics
 from projections.dead_letters import DEAD_LETTER_TRANSIENT, DeadLetter, DeadLetters
 from projections.sink import NO_CHECKPOINT, CheckpointMoved, Positioned, ProjectionSink
@@ -26,6 +29,12 @@ class RawRecord:
     value: bytes | None
     headers: Sequence[tuple[str, bytes]] = ()
     timestamp_ms: int = 0
+    key: bytes | None = None
+
+    @classmethod
+    def of(cls, record: ConsumerRecord) -> RawRecord:
+        """From an aiokafka record (timestamps in milliseconds)."""
+        return cls(record.partition, record.offset, record.value, list(record.headers), record.timestamp, record.key)
 
 
 class Reseek(Exception):
@@ -56,8 +65,17 @@ class Projector:
         by_partition: dict[int, list[RawRecord]] = {}
         for record in records:
             by_partition.setdefault(record.partition, []).append(record)
-        for partition, batch in by_partition.items():
-            await self._handle_partition(partition, batch)
+        # Partitions are independent (a checkpoint and keys of their own): apply them concurrently.
+        results = await asyncio.gather(*(self._handle_partition(partition, batch)
+                                         for partition, batch in by_partition.items()), return_exceptions=True)
+        reseek: dict[int, int] = {}
+        for result in results:
+            if isinstance(result, Reseek):
+                reseek.update(result.offsets)
+            elif isinstance(result, BaseException):
+                raise result
+        if reseek:
+            raise Reseek(reseek)
 
     async def _handle_partition(self, partition: int, batch: list[RawRecord]) -> None:
         for _ in range(3):
@@ -86,7 +104,8 @@ class Projector:
             except MalformedEvent as error:
                 poison.append(DeadLetter(partition, record.offset, record.value, record.headers, str(error)))
                 continue
-            events.append(Positioned(event, record.offset))
+            routed = record.key == record_key(event)
+            events.append(Positioned(event, record.offset, routed))
         with metrics.BATCH_SECONDS.labels(self.sink.name).time():
             if poison:
                 await self._retrying("dead-letter poison records", self.dead_letters.send, poison, self.sink.name)

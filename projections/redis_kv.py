@@ -12,8 +12,9 @@ every other projection; readers never show them.
 from __future__ import annotations
 
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -31,14 +32,19 @@ log = logging.getLogger("ams.projector")
 
 DEAD_RECORD_RETENTION_MS = IDEMPOTENCY_WINDOW_MS + 3_600_000
 OUTCOME_TTL_SECONDS = 600
+# Records this writer wrote, so the next batch need not read them back (see RecordCache).
+CACHE_RECORDS = 200_000
+CACHE_SECONDS = 600.0
 
 Address = tuple[int, str, str]  # (partition the key routes to, tenant, key)
 
 # KEYS: the partition's checkpoint (in the writer's generation), the partition's generation pointer.
-# ARGV: expected checkpoint, new checkpoint, channel, partition, writer's generation, then operations:
-#   R key nfields field value ... pexpireat   replace a record (pexpireat 0: no expiry)
-#   Z+ index member / Z- index member        maintain the tenant's key index
-#   O key value seconds                        remember a rejected event's outcome
+# ARGV: expected checkpoint, new checkpoint, channel, partition, writer's generation, then three JSON arrays
+# (one argument each, decoded by Redis's cjson in C: packing thousands of separate arguments is slow):
+#   records   [[key, pexpireat, field, value, ...], ...]   replace each record (pexpireat "0": no expiry)
+#   index     [[op, index key, member], ...]               op "+" adds to the tenant's key index, "-" removes
+#   outcomes  [[key, value, seconds], ...]                 remember rejected events' outcomes
+# Every number travels as a string: Lua would print a large one in exponent form.
 # A writer of a generation older than the pointer's has been retired by a rebuild: it must not write.
 APPLY_BATCH = """
 local live = redis.call('GET', KEYS[2]) or '0'
@@ -49,29 +55,22 @@ local current = redis.call('GET', KEYS[1]) or '-1'
 if current ~= ARGV[1] then
   return redis.error_reply('CHECKPOINT ' .. current)
 end
-local i = 6
-while i <= #ARGV do
-  local op = ARGV[i]
-  if op == 'R' then
-    local n = tonumber(ARGV[i + 2])
-    redis.call('DEL', ARGV[i + 1])
-    redis.call('HSET', ARGV[i + 1], unpack(ARGV, i + 3, i + 2 + n))
-    if ARGV[i + 3 + n] ~= '0' then
-      redis.call('PEXPIREAT', ARGV[i + 1], ARGV[i + 3 + n])
-    end
-    i = i + 4 + n
-  elseif op == 'Z+' then
-    redis.call('ZADD', ARGV[i + 1], 0, ARGV[i + 2])
-    i = i + 3
-  elseif op == 'Z-' then
-    redis.call('ZREM', ARGV[i + 1], ARGV[i + 2])
-    i = i + 3
-  elseif op == 'O' then
-    redis.call('SET', ARGV[i + 1], ARGV[i + 2], 'EX', ARGV[i + 3])
-    i = i + 4
-  else
-    return redis.error_reply('unknown operation ' .. tostring(op))
+for _, record in ipairs(cjson.decode(ARGV[6])) do
+  redis.call('DEL', record[1])
+  redis.call('HSET', record[1], unpack(record, 3))
+  if record[2] ~= '0' then
+    redis.call('PEXPIREAT', record[1], record[2])
   end
+end
+for _, entry in ipairs(cjson.decode(ARGV[7])) do
+  if entry[1] == '+' then
+    redis.call('ZADD', entry[2], 0, entry[3])
+  else
+    redis.call('ZREM', entry[2], entry[3])
+  end
+end
+for _, outcome in ipairs(cjson.decode(ARGV[8])) do
+  redis.call('SET', outcome[1], outcome[2], 'EX', outcome[3])
 end
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('PUBLISH', ARGV[3], ARGV[5] .. ':' .. ARGV[4] .. ':' .. ARGV[2])
@@ -79,14 +78,14 @@ return 'OK'
 """
 
 
-def encode_record(record: Record) -> list[bytes | str | int]:
-    fields: list[bytes | str | int] = [
-        "version", record.version, "created", record.created_ts, "updated", record.updated_ts,
-        "expires", record.expires_at or 0, "deleted", int(record.deleted),
-        "cmds", orjson.dumps(record.commands),
+def encode_record(record: Record) -> list[str]:
+    fields = [
+        "version", str(record.version), "created", str(record.created_ts), "updated", str(record.updated_ts),
+        "expires", str(record.expires_at or 0), "deleted", "1" if record.deleted else "0",
+        "cmds", orjson.dumps(record.commands).decode(),
     ]
     if not record.deleted:
-        fields += ["value", orjson.dumps(record.value)]
+        fields += ["value", orjson.dumps(record.value).decode()]
     return fields
 
 
@@ -114,6 +113,42 @@ def physical_expiry(record: Record, now: int) -> int:
     return 0
 
 
+class RecordCache:
+    """The records this sink wrote last, so a batch reads from Redis only the keys it has not seen.
+
+    Safe because the sink is the only writer of its partitions while its checkpoint matches: any other
+    writer moves the checkpoint, the next batch is refused, and the cache is cleared. Entries expire after
+    ``CACHE_SECONDS``, well before Redis may drop a dead record physically.
+    """
+
+    def __init__(self, size: int = CACHE_RECORDS, seconds: float = CACHE_SECONDS) -> None:
+        self.size, self.seconds = size, seconds
+        self._entries: OrderedDict[Address, tuple[float, Record | None]] = OrderedDict()
+        # True while the cache holds everything the store holds (a rebuild filling an empty generation):
+        # then a key the cache has never seen is absent, with no need to ask Redis.
+        self.complete = False
+
+    def get(self, address: Address) -> tuple[bool, Record | None]:
+        entry = self._entries.get(address)
+        if entry is None:
+            return self.complete, None
+        if time.monotonic() - entry[0] > self.seconds and not self.complete:
+            return False, None
+        self._entries.move_to_end(address)
+        return True, entry[1]
+
+    def put(self, address: Address, record: Record | None) -> None:
+        self._entries[address] = (time.monotonic(), record)
+        self._entries.move_to_end(address)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+            self.complete = False
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.complete = False
+
+
 class GenerationRetired(RuntimeError):
     """A rebuild's generation was overtaken by a newer live generation; the rebuild must stop."""
 
@@ -133,6 +168,7 @@ class RedisSink(ProjectionSink):
         self.building = building
         self.generations: dict[int, int] = {partition: building or 0 for partition in range(partitions)}
         self.wait_replicas, self.wait_timeout_ms = wait_replicas, wait_timeout_ms
+        self.cache = RecordCache()
         self._script = self.client.register_script(APPLY_BATCH)
 
     async def close(self) -> None:
@@ -160,17 +196,21 @@ class RedisSink(ProjectionSink):
         return self.layout.at(self.generations[partition])
 
     async def checkpoints(self) -> dict[int, int]:
+        self.cache.clear()  # whoever asks is about to resume from what Redis says, not from memory
         if self.building is None:
             pointers = await self.client.mget([self.layout.pointer(p) for p in range(self.partitions)])
             self.generations = {p: int(value or 0) for p, value in enumerate(pointers)}
         values = await self.client.mget([self.layout_of(p).checkpoint(p) for p in range(self.partitions)])
-        return {partition: int(value) for partition, value in enumerate(values) if value is not None}
+        found = {partition: int(value) for partition, value in enumerate(values) if value is not None}
+        # A rebuild starting an empty generation: nothing is there that this sink will not have written.
+        self.cache.complete = self.building is not None and not found
+        return found
 
     async def apply(
         self, partition: int, events: Sequence[Positioned], through: int, expected: int
     ) -> list[Outcome | None]:
         kv_events = [item for item in events if item.event.type != STREAM_APPEND]
-        records = await self._read_records(kv_events)
+        records = await self._read_records(partition, kv_events)
         outcomes: list[Outcome | None] = []
         rejected: list[tuple[int, Outcome]] = []
         touched: dict[Address, Record] = {}
@@ -178,7 +218,7 @@ class RedisSink(ProjectionSink):
             if item.event.type == STREAM_APPEND:
                 outcomes.append(None)
                 continue
-            address = self._address(item)
+            address = self._address(partition, item)
             outcome = apply(records.get(address), item.event, item.offset)
             outcomes.append(outcome)
             if outcome.accepted and outcome.record is not None:
@@ -192,7 +232,10 @@ class RedisSink(ProjectionSink):
                 args=[expected, through, layout.applied_channel, partition, layout.generation,
                       *self._operations(partition, touched, rejected)],
             )
-        except ResponseError as error:
+        except BaseException as error:
+            self.cache.clear()  # the script may or may not have run: Redis is the truth again
+            if not isinstance(error, ResponseError):
+                raise
             message = str(error)
             if message.startswith("CHECKPOINT "):
                 raise CheckpointMoved(partition, expected, int(message.split()[1])) from None
@@ -203,6 +246,8 @@ class RedisSink(ProjectionSink):
                 self.generations[partition] = live
                 raise CheckpointMoved(partition, expected, -1, f" (a rebuild moved it to generation {live})") from None
             raise
+        for address, record in touched.items():
+            self.cache.put(address, record)
         if self.wait_replicas:
             await self._wait_for_replicas(partition, through)
         return outcomes
@@ -214,34 +259,44 @@ class RedisSink(ProjectionSink):
                         "a failover now could lose this batch from the hot state until it is replayed",
                         partition, through, acknowledged, self.wait_replicas, self.wait_timeout_ms)
 
-    def _address(self, item: Positioned) -> Address:
+    def _address(self, partition: int, item: Positioned) -> Address:
         """The partition a key routes to is where readers look, whichever partition the event came in
         on (events produced by other tools may carry another Kafka key)."""
         tenant, key = item.event.tenant, item.event.key
-        return partition_for(kafka_key(tenant, key), self.partitions), tenant, key
+        home = partition if item.routed else partition_for(kafka_key(tenant, key), self.partitions)
+        return home, tenant, key
 
-    async def _read_records(self, events: Sequence[Positioned]) -> dict[Address, Record | None]:
-        addresses = list(dict.fromkeys(self._address(item) for item in events))
-        if not addresses:
-            return {}
-        async with self.client.pipeline(transaction=False) as pipe:
-            for home, tenant, key in addresses:
-                pipe.hgetall(self.layout_of(home).record(home, tenant, key))
-            results = await pipe.execute()
-        return {address: decode_record(fields) for address, fields in zip(addresses, results, strict=True)}
+    async def _read_records(self, partition: int, events: Sequence[Positioned]) -> dict[Address, Record | None]:
+        records: dict[Address, Record | None] = {}
+        missing: list[Address] = []
+        for address in dict.fromkeys(self._address(partition, item) for item in events):
+            cached, record = self.cache.get(address)
+            if cached:
+                records[address] = record
+            else:
+                missing.append(address)
+        if missing:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for home, tenant, key in missing:
+                    pipe.hgetall(self.layout_of(home).record(home, tenant, key))
+                results = await pipe.execute()
+            records.update((address, decode_record(fields)) for address, fields in zip(missing, results, strict=True))
+        return records
 
     def _operations(
         self, partition: int, touched: dict[Address, Record], rejected: list[tuple[int, Outcome]]
-    ) -> list[Any]:
+    ) -> tuple[bytes, bytes, bytes]:
         now = now_ms()
-        argv: list[Any] = []
+        records: list[list[str]] = []
+        index: list[tuple[str, str, str]] = []
         for (home, tenant, key), record in touched.items():
-            fields = encode_record(record)
             layout = self.layout_of(home)
-            argv += ["R", layout.record(home, tenant, key), len(fields), *fields, physical_expiry(record, now)]
-            argv += ["Z-" if record.deleted else "Z+", layout.index(home, tenant), key]
+            name = layout.record(home, tenant, key)
+            records.append([name, str(physical_expiry(record, now)), *encode_record(record)])
+            index.append(("-" if record.deleted else "+", layout.index(home, tenant), key))
+        outcomes = []
         for offset, outcome in rejected:
-            summary = {"status": outcome.status.value, "reason": outcome.reason, "version": outcome.version}
-            argv += ["O", self.layout_of(partition).outcome(partition, offset), orjson.dumps(summary),
-                     OUTCOME_TTL_SECONDS]
-        return argv
+            summary = orjson.dumps({"status": outcome.status.value, "reason": outcome.reason,
+                                    "version": outcome.version}).decode()
+            outcomes.append((self.layout_of(partition).outcome(partition, offset), summary, str(OUTCOME_TTL_SECONDS)))
+        return orjson.dumps(records), orjson.dumps(index), orjson.dumps(outcomes)

@@ -71,8 +71,7 @@ class SandboxFollower:
                 consumer.seek(tp, projector.resume_offset(tp.partition))
             while True:
                 batch = await consumer.getmany(timeout_ms=500, max_records=2000)
-                records = [RawRecord(r.partition, r.offset, r.value, list(r.headers), r.timestamp)
-                           for tp_records in batch.values() for r in tp_records]
+                records = [RawRecord.of(r) for tp_records in batch.values() for r in tp_records]
                 try:
                     await projector.handle(records)
                 except Reseek as reseek:

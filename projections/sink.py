@@ -28,6 +28,7 @@ class Positioned:
 
     event: Event
     offset: int
+    routed: bool = False  # known to be in the partition its tenant and key route to (else it is computed)
 
 
 class CheckpointMoved(RuntimeError):

@@ -93,6 +93,7 @@ def build_app(name: str, settings: Settings) -> ProjectionApp:
                     event.message.value,
                     list(event.message.headers or ()),
                     int((event.message.timestamp or 0) * 1000),
+                    event.message.key,
                 )
                 for event in events
             ]

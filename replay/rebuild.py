@@ -34,6 +34,7 @@ from projections.redis_layout import RedisLayout
 
 console = Console()
 GRACE_SECONDS = 3.0  # > several gateway polls (0.5 s) before a retired generation is dropped
+POLL_SECONDS = 1.0
 
 # KEYS: the partition's pointer. ARGV: new generation, prefix, partition.
 SWITCH = """
@@ -121,26 +122,33 @@ async def _build(settings: Settings, client: aioredis.Redis, layout: RedisLayout
                       MofNCompleteColumn(), TaskProgressColumn(), TextColumn("{task.fields[rate]} ev/s"),
                       TimeRemainingColumn(), console=console, disable=quiet) as bar:
             task = bar.add_task("rebuild", total=None, generation=state.generation, rate="-")
+            heads: dict[TopicPartition, int] = {}
+            polled = 0.0
             while remaining:
-                heads = await consumer.end_offsets(list(remaining))
+                if time.monotonic() - polled > POLL_SECONDS:
+                    # The log's head, and the state for the admin endpoint, once a second: not every batch.
+                    heads = await consumer.end_offsets(list(remaining))
+                    polled = time.monotonic()
+                    await _save(client, layout, state)
                 behind = {tp for tp in remaining if projector.resume_offset(tp.partition) < heads[tp]}
                 if behind:
-                    batch = await consumer.getmany(*behind, timeout_ms=200, max_records=5000)
-                    records = [RawRecord(r.partition, r.offset, r.value, list(r.headers), r.timestamp)
-                               for tp_records in batch.values() for r in tp_records]
+                    batch = await consumer.getmany(*behind, timeout_ms=200, max_records=20_000)
+                    records = [RawRecord.of(r) for tp_records in batch.values() for r in tp_records]
                     try:
                         await projector.handle(records)
                     except Reseek as reseek:
                         for partition, offset in reseek.offsets.items():
                             consumer.seek(TopicPartition(settings.events_topic, partition), offset)
                     state.applied += len(records)
-                for tp in sorted(remaining - behind, key=lambda tp: tp.partition):
-                    # Caught up with the head we saw: switch if the live checkpoint is not ahead of ours.
-                    args = [state.generation, layout.prefix, tp.partition]
-                    if await switch(keys=[layout.pointer(tp.partition)], args=args):
-                        remaining.discard(tp)
-                        consumer.pause(tp)
-                        state.switched.append(tp.partition)
+                else:
+                    # Caught up with the head last seen: switch each partition the live one is not ahead of.
+                    for tp in sorted(remaining, key=lambda tp: tp.partition):
+                        args = [state.generation, layout.prefix, tp.partition]
+                        if await switch(keys=[layout.pointer(tp.partition)], args=args):
+                            remaining.discard(tp)
+                            consumer.pause(tp)
+                            state.switched.append(tp.partition)
+                    polled = 0.0  # what did not switch is behind a head that moved: look again now
                 state.total = state.applied + sum(max(0, heads[tp] - projector.resume_offset(tp.partition))
                                                   for tp in remaining)
                 elapsed = max(time.monotonic() - started, 1e-6)
@@ -148,7 +156,6 @@ async def _build(settings: Settings, client: aioredis.Redis, layout: RedisLayout
                 state.eta_seconds = ((state.total - state.applied) / state.events_per_second
                                      if state.events_per_second else None)
                 bar.update(task, completed=state.applied, total=state.total, rate=f"{state.events_per_second:,.0f}")
-                await _save(client, layout, state)
     finally:
         await consumer.stop()
         await dead_letters.close()

@@ -1,0 +1,114 @@
+"""Rebuild speed: `ams rebuild redis` over N events against a raw aiokafka consumer reading the same topic.
+
+    python -m bench.rebuild [--events 1000000] [--keys 100000]
+
+Runs in a topic and Redis namespace of its own (never the live ones) and removes them afterwards.
+Target: the rebuild reaches at least 0.25x the raw read's events/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import random
+import time
+import uuid
+
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from rich.progress import Progress
+
+from ams.settings import Settings, get_settings
+from bench.common import console
+from commands.envelope import DELETE, PATCH, PUT, Event, encode, uuid7
+from commands.keys import kafka_key
+from projections.redis_layout import RedisLayout
+from replay.rebuild import GRACE_SECONDS, drop_generation, rebuild_redis
+
+
+async def produce(settings: Settings, events: int, keys: int) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True,
+                                linger_ms=20, max_batch_size=1 << 20)
+    await producer.start()
+    rng = random.Random(7)
+    try:
+        with Progress(console=console) as bar:
+            task = bar.add_task(f"producing {events:,} events", total=events)
+            pending = []
+            for i in range(events):
+                key, roll = f"k{rng.randrange(keys)}", rng.random()
+                kind = PUT if roll < 0.8 else PATCH if roll < 0.95 else DELETE
+                data = None if kind == DELETE else {"i": i, "note": "x" * 40} if kind == PUT else {"seen": i}
+                event = Event(kind, "bench", key, data, id=uuid7(), ts=1_700_000_000_000 + i, actor="bench")
+                pending.append(await producer.send(settings.events_topic, encode(event), key=kafka_key("bench", key)))
+                if len(pending) >= 20_000:
+                    await asyncio.gather(*pending)
+                    bar.advance(task, len(pending))
+                    pending = []
+            await asyncio.gather(*pending)
+            bar.advance(task, len(pending))
+    finally:
+        await producer.stop()
+
+
+async def raw_read(settings: Settings, events: int) -> float:
+    """Events/s of a bare consumer reading the whole topic with the rebuild's fetch settings."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+                                isolation_level="read_committed", max_partition_fetch_bytes=8 << 20)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(settings.events_topic, p) for p in range(settings.partitions)]
+        consumer.assign(partitions)
+        for tp in partitions:
+            consumer.seek(tp, 0)
+        seen, started = 0, time.perf_counter()
+        with Progress(console=console) as bar:
+            task = bar.add_task("raw aiokafka read", total=events)
+            while seen < events:
+                batch = await consumer.getmany(timeout_ms=1000, max_records=5000)
+                count = sum(len(records) for records in batch.values())
+                seen += count
+                bar.advance(task, count)
+        return seen / (time.perf_counter() - started)
+    finally:
+        await consumer.stop()
+
+
+async def main(events: int, keys: int) -> None:
+    base = get_settings()
+    run = uuid.uuid4().hex[:8]
+    settings = dataclasses.replace(base, events_topic=f"ams.bench.rebuild.{run}", redis_prefix=f"bench-{run}")
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(settings.events_topic, settings.partitions, 1)])
+        await produce(settings, events, keys)
+        raw = await raw_read(settings, events)
+        started = time.perf_counter()
+        state = await rebuild_redis(settings)
+        rebuild = state.applied / (time.perf_counter() - started)
+        console.print(f"[bold]bench.rebuild[/bold] {events:,} events, {keys:,} keys, {settings.partitions} partitions")
+        console.print(f"  raw aiokafka read          : {raw:>10,.0f} events/s")
+        console.print(f"  rebuild, building phase    : {state.events_per_second:>10,.0f} events/s "
+                      f"({state.events_per_second / raw:.2f}x raw; target >= 0.25x)")
+        console.print(f"  rebuild, whole command     : {rebuild:>10,.0f} events/s "
+                      f"(with the switch, a {GRACE_SECONDS:g}s grace and dropping the old generation)")
+    finally:
+        await admin.delete_topics([settings.events_topic])
+        await admin.close()
+        client = aioredis.from_url(settings.redis_url)
+        for generation in range(3):
+            await drop_generation(client, RedisLayout(settings.redis_prefix, generation), quiet=True)
+        async for name in client.scan_iter(match=f"{settings.redis_prefix}:*"):
+            await client.unlink(name)
+        await client.aclose()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--keys", type=int, default=100_000)
+    arguments = parser.parse_args()
+    asyncio.run(main(arguments.events, arguments.keys))
