@@ -18,7 +18,7 @@ from commands.keys import check_prefix
 from projections.redis_layout import RedisLayout
 from replay import cut
 from replay.diff import AGAINST, diff_sandbox
-from replay.rebuild import read_state
+from replay.rebuild import RebuildState, read_state, save_state
 from replay.sandboxes import SandboxError, check_name, create_sandbox, drop_sandbox, list_sandboxes
 
 REBUILDABLE = ("redis",)
@@ -110,6 +110,9 @@ async def start_rebuild(request: Request) -> Response:
     process = LocalStack(_settings(request)).process(f"rebuild-{projection}")
     if process.pid() is not None:
         raise ApiError(409, "rebuild_running", f"a {projection} rebuild is already running (pid {process.pid()})")
+    client: aioredis.Redis = request.app.state.namespaces.redis
+    layout = RedisLayout(_settings(request).redis_prefix)
+    await save_state(client, layout, RebuildState(projection, generation=-1, state="starting"))
     process.start([sys.executable, "-m", "ams.cli", "rebuild", projection])
     return json_response({"projection": projection, "status": f"/v1/admin/rebuilds/{projection}"}, 202)
 

@@ -82,11 +82,11 @@ async def rebuild_redis(settings: Settings, *, restart: bool = False, quiet: boo
         if restart:
             await drop_generation(client, layout.at(building), quiet=quiet)
         state = RebuildState("redis", building)
-        await _save(client, layout, state)
+        await save_state(client, layout, state)
         try:
             await _build(settings, client, layout, state, quiet)
             state.state = "dropping"
-            await _save(client, layout, state)
+            await save_state(client, layout, state)
             await asyncio.sleep(GRACE_SECONDS)
             for retired in sorted(set(live.values())):
                 await drop_generation(client, layout.at(retired), quiet=quiet)
@@ -95,7 +95,7 @@ async def rebuild_redis(settings: Settings, *, restart: bool = False, quiet: boo
             state.state, state.error, state.finished = "failed", repr(error), time.time()
             raise
         finally:
-            await _save(client, layout, state)
+            await save_state(client, layout, state)
         return state
     finally:
         await client.aclose()
@@ -129,7 +129,7 @@ async def _build(settings: Settings, client: aioredis.Redis, layout: RedisLayout
                     # The log's head, and the state for the admin endpoint, once a second: not every batch.
                     heads = await consumer.end_offsets(list(remaining))
                     polled = time.monotonic()
-                    await _save(client, layout, state)
+                    await save_state(client, layout, state)
                 behind = {tp for tp in remaining if projector.resume_offset(tp.partition) < heads[tp]}
                 if behind:
                     batch = await consumer.getmany(*behind, timeout_ms=200, max_records=20_000)
@@ -189,7 +189,7 @@ async def _scan_batches(client: aioredis.Redis, pattern: str, size: int = 1000):
             return
 
 
-async def _save(client: aioredis.Redis, layout: RedisLayout, state: RebuildState) -> None:
+async def save_state(client: aioredis.Redis, layout: RedisLayout, state: RebuildState) -> None:
     await client.set(state_key(layout, state.projection), orjson.dumps(asdict(state)), ex=7 * 86400)
 
 

@@ -87,3 +87,26 @@ async def test_a_rebuild_killed_midway_leaves_live_reads_correct_and_can_be_resu
         assert (await read_state(client, RedisLayout(settings.redis_prefix), "redis"))["state"] == "done"  # type: ignore[index]
     finally:
         await client.aclose()
+
+
+async def test_the_admin_endpoint_runs_a_rebuild_for_operators_only(api: httpx.AsyncClient, settings: Settings,
+                                                                    tenant: str) -> None:
+    from tests.conftest import token_for
+
+    await api.put("/v1/kv/anything", json=1)
+    tenant_admin = {"Authorization": f"Bearer {token_for(settings, tenant, 'memory:admin')}"}
+    assert (await api.post("/v1/admin/rebuilds/redis", headers=tenant_admin)).status_code == 403
+    operator = {"Authorization": f"Bearer {token_for(settings, settings.operator_tenant, 'memory:admin')}"}
+    assert (await api.post("/v1/admin/rebuilds/nothing", headers=operator)).status_code == 404
+    started = await api.post("/v1/admin/rebuilds/redis", headers=operator)
+    assert started.status_code == 202, started.text
+    async with asyncio.timeout(300):
+        while True:
+            status = await api.get("/v1/admin/rebuilds/redis", headers=operator)
+            if status.status_code == 200 and status.json()["state"] in ("done", "failed"):
+                break
+            await asyncio.sleep(0.5)
+    body = status.json()
+    assert body["state"] == "done", body
+    assert body["applied"] > 0 and body["events_per_second"] > 0
+    assert (await api.get("/v1/kv/anything")).json() == 1
