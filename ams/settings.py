@@ -61,6 +61,8 @@ class Settings:
     # PostgreSQL: the durable projection.
     postgres_port: int = field(default_factory=lambda: _env_int("POSTGRES_PORT", 15432))
     postgres_dsn: str = ""
+    # The schema holding the durable projection's tables (a rebuild or a sandbox uses another one).
+    postgres_schema: str = field(default_factory=lambda: _env("POSTGRES_SCHEMA", "ams"))
 
     # The query gateway.
     gateway_host: str = field(default_factory=lambda: _env("GATEWAY_HOST", "127.0.0.1"))
@@ -75,6 +77,7 @@ class Settings:
     max_body_bytes: int = field(default_factory=lambda: _env_int("MAX_BODY_BYTES", 4 << 20))
     write_timeout: float = field(default_factory=lambda: _env_float("WRITE_TIMEOUT", 5.0))
     read_wait_timeout: float = field(default_factory=lambda: _env_float("READ_WAIT_TIMEOUT", 5.0))
+    max_watchers_per_tenant: int = field(default_factory=lambda: _env_int("MAX_WATCHERS_PER_TENANT", 8))
 
     # Auth: OAuth2 bearer JWTs. The algorithms are fixed here, never taken from a token.
     jwt_secret: str = field(

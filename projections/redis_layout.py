@@ -28,6 +28,14 @@ class RedisLayout:
     def checkpoint(self, partition: int) -> str:
         return f"{self._tag(partition)}:ckpt"
 
+    def live(self, partition: int) -> str:
+        """Present while Redis holds every event of the partition that anyone was told about.
+
+        Only the projector sets it, at the end of a recovery; losing Redis's data loses it too, so a
+        reader that does not find it knows the hot state may be behind and reads PostgreSQL instead.
+        """
+        return f"{self._tag(partition)}:live"
+
     def outcome(self, partition: int, offset: int) -> str:
         """The outcome of an event the fold did not accept, kept for writers waiting on it."""
         return f"{self._tag(partition)}:out:{offset}"
