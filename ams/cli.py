@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.set_defaults(func=cmd_gateway)
 
     project = sub.add_parser("project", help="run a projection worker in the foreground")
-    project.add_argument("projection", choices=["redis"])
+    project.add_argument("projection", choices=["redis", "postgres"])
     project.set_defaults(func=cmd_project)
 
     token = sub.add_parser("token", help="print a local development token")

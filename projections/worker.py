@@ -33,7 +33,13 @@ def _redis_sink(settings: Settings) -> ProjectionSink:
     return RedisSink(settings.redis_url, RedisLayout(settings.redis_prefix), settings.partitions)
 
 
-SINKS: dict[str, Callable[[Settings], ProjectionSink]] = {"redis": _redis_sink}
+def _postgres_sink(settings: Settings) -> ProjectionSink:
+    from projections.postgres import PostgresSink
+
+    return PostgresSink(settings.postgres_dsn, settings.postgres_schema, settings.partitions)
+
+
+SINKS: dict[str, Callable[[Settings], ProjectionSink]] = {"redis": _redis_sink, "postgres": _postgres_sink}
 
 
 def web_port(settings: Settings, name: str) -> int:
