@@ -124,6 +124,14 @@ async def create_pool(dsn: str, schema: str, *, min_size: int = 1, max_size: int
     return pool
 
 
+async def connect(dsn: str, schema: str) -> asyncpg.Connection:
+    """One connection configured like the pool's (for LISTEN, or a long snapshot transaction)."""
+    connection = await asyncpg.connect(
+        dsn, server_settings={"search_path": check_schema(schema), "application_name": "ams"})
+    await _init_connection(connection)
+    return connection
+
+
 async def migrate(connection: asyncpg.Connection, schema: str) -> list[int]:
     """Apply the migrations ``schema`` lacks, in order; return the versions applied by this call."""
     check_schema(schema)

@@ -3,21 +3,30 @@
 Faust's own offset commits are only a hint. This class decides what is applied: events at or below the
 sink's checkpoint are skipped, poison records go to the dead-letter topic (the partition keeps moving),
 and a sink that is down is retried until it is back, never skipped.
+
+A store that loses data by itself (a `RecoverableSink`, such as Redis) is recovered here, under the
+same lock as the batches: restored, then caught up with a private reader of the log rather than by
+seeking the worker's consumer backwards (which would deliver its already-buffered records first).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from commands.envelope import MalformedEvent, decode
 from projections import metrics
 from projections.dead_letters import DEAD_LETTER_TRANSIENT, DeadLetter, DeadLetters
-from projections.sink import NO_CHECKPOINT, CheckpointMoved, Positioned, ProjectionSink
+from projections.sink import NO_CHECKPOINT, CheckpointMoved, Positioned, ProjectionSink, RecoverableSink
+
+if TYPE_CHECKING:
+    from projections.log_reader import PartitionReader
 
 log = logging.getLogger("ams.projector")
+
 
 @dataclass(frozen=True, slots=True)
 class RawRecord:
@@ -41,7 +50,9 @@ class Projector:
     sink: ProjectionSink
     dead_letters: DeadLetters
     default_tenant: str
+    reader: PartitionReader | None = None  # how a recovering sink catches up with the log
     checkpoints: dict[int, int] = field(default_factory=dict)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def load_checkpoints(self) -> dict[int, int]:
         self.checkpoints = await self._retrying("read checkpoints", self.sink.checkpoints)
@@ -56,8 +67,38 @@ class Projector:
         by_partition: dict[int, list[RawRecord]] = {}
         for record in records:
             by_partition.setdefault(record.partition, []).append(record)
-        for partition, batch in by_partition.items():
-            await self._handle_partition(partition, batch)
+        async with self._lock:
+            for partition, batch in by_partition.items():
+                await self._handle_partition(partition, batch)
+
+    async def recover_incomplete(self, partitions: Collection[int], *, unless_busy: bool = False) -> list[int]:
+        """Recover the partitions whose store lost data; return them. ``unless_busy``: skip the check
+        while a batch or a recovery runs (a periodic check will come back)."""
+        if not isinstance(self.sink, RecoverableSink) or not partitions or (unless_busy and self._lock.locked()):
+            return []
+        async with self._lock:
+            lost = await self._retrying("check for lost data", self.sink.incomplete, partitions, self.checkpoints)
+            for partition in lost:
+                await self._recover(partition)
+            return lost
+
+    async def _recover(self, partition: int) -> int:
+        assert isinstance(self.sink, RecoverableSink) and self.reader is not None
+        log.warning("%s projection: partition %d is incomplete (its store lost data); recovering it",
+                    self.sink.name, partition)
+        checkpoint = await self._retrying(f"restore partition {partition}", self.sink.restore, partition)
+        self.checkpoints[partition] = checkpoint
+        metrics.CHECKPOINT.labels(self.sink.name, partition).set(checkpoint)
+        await self._retrying(f"replay partition {partition}", self._replay_to_end, partition)
+        await self._retrying(f"mark partition {partition} complete", self.sink.mark_complete, partition)
+        log.warning("%s projection: partition %d recovered at offset %d", self.sink.name, partition,
+                    self.checkpoints.get(partition, NO_CHECKPOINT))
+        return self.checkpoints.get(partition, NO_CHECKPOINT)
+
+    async def _replay_to_end(self, partition: int) -> None:
+        assert self.reader is not None
+        async for records in self.reader.read(partition, self.resume_offset(partition)):
+            await self._handle_partition(partition, records)
 
     async def _handle_partition(self, partition: int, batch: list[RawRecord]) -> None:
         expected = self.checkpoints.get(partition, NO_CHECKPOINT)
@@ -79,13 +120,18 @@ class Projector:
                 await self._retrying("dead-letter poison records", self.dead_letters.send, poison, self.sink.name)
                 metrics.DEAD_LETTERED.labels(self.sink.name).inc(len(poison))
             await self._apply(partition, events, fresh[-1].offset, expected)
-        metrics.APPLIED.labels(self.sink.name).inc(len(events))
 
     async def _apply(self, partition: int, events: list[Positioned], through: int, expected: int) -> None:
         try:
             await self._retrying(f"apply partition {partition}", self.sink.apply, partition, events, through, expected)
         except CheckpointMoved as moved:
             log.warning("%s", moved)
+            if moved.found < moved.expected and isinstance(self.sink, RecoverableSink) and self.reader is not None:
+                recovered = await self._recover(partition)  # the store went back in time: it lost data
+                if through > recovered:
+                    remaining = [item for item in events if item.offset > recovered]
+                    await self._apply(partition, remaining, through, recovered)
+                return
             await self.load_checkpoints()
             raise Reseek({partition: self.resume_offset(partition)}) from None
         except Exception as error:  # noqa: BLE001 - a bug or a poison event in the sink: isolate it
@@ -100,6 +146,7 @@ class Projector:
             return
         self.checkpoints[partition] = through
         metrics.CHECKPOINT.labels(self.sink.name, partition).set(through)
+        metrics.APPLIED.labels(self.sink.name).inc(len(events))
 
     async def _dead_letter_failed(
         self, partition: int, events: list[Positioned], through: int, expected: int, error: Exception

@@ -18,6 +18,10 @@ class RedisLayout:
     def _tag(self, partition: int) -> str:
         return f"{self.prefix}:{{p{partition}}}"
 
+    def partition_prefix(self, partition: int) -> str:
+        """What the name of every key of the partition starts with."""
+        return f"{self._tag(partition)}:"
+
     def record(self, partition: int, tenant: str, key: str) -> str:
         return f"{self._tag(partition)}:kv:{tenant}:{key}"
 

@@ -17,6 +17,7 @@ from ams.settings import Settings
 from projections import metrics
 from projections.dead_letters import DeadLetters
 from projections.faust_app import ProjectionApp
+from projections.log_reader import PartitionReader
 from projections.projector import Projector, RawRecord, Reseek
 from projections.sink import ProjectionSink
 
@@ -24,13 +25,17 @@ log = logging.getLogger("ams.projector")
 
 BATCH_MAX = 1000
 BATCH_WITHIN_SECONDS = 0.005
+# How often the worker checks that its store still holds what it applied (Redis may lose its data).
+RECOVERY_CHECK_SECONDS = 1.0
 
 
 def _redis_sink(settings: Settings) -> ProjectionSink:
-    from projections.redis_kv import RedisSink
+    from projections.postgres_snapshot import PostgresSnapshots
     from projections.redis_layout import RedisLayout
+    from projections.redis_recovery import RecoveringRedisSink
 
-    return RedisSink(settings.redis_url, RedisLayout(settings.redis_prefix), settings.partitions)
+    snapshots = PostgresSnapshots(settings.postgres_dsn, settings.postgres_schema)
+    return RecoveringRedisSink(settings.redis_url, RedisLayout(settings.redis_prefix), settings.partitions, snapshots)
 
 
 def _postgres_sink(settings: Settings) -> ProjectionSink:
@@ -49,7 +54,7 @@ def web_port(settings: Settings, name: str) -> int:
 def build_app(name: str, settings: Settings) -> ProjectionApp:
     sink = SINKS[name](settings)
     projector = Projector(sink, DeadLetters(settings.kafka_bootstrap, settings.dlq_topic, settings.events_topic),
-                          settings.default_tenant)
+                          settings.default_tenant, PartitionReader(settings.kafka_bootstrap, settings.events_topic))
     app = ProjectionApp(
         f"ams-projection-{name}",
         broker=f"kafka://{settings.kafka_bootstrap}",
@@ -79,6 +84,7 @@ def build_app(name: str, settings: Settings) -> ProjectionApp:
         ours = {tp.partition for tp in assigned if tp.topic == settings.events_topic}
         state["assigned"] = ours
         await projector.load_checkpoints()
+        await projector.recover_incomplete(ours)
         await seek({partition: projector.resume_offset(partition) for partition in ours})
         log.info("%s projection: assigned partitions %s, resuming from %s", name, sorted(ours),
                  {partition: projector.resume_offset(partition) for partition in sorted(ours)})
@@ -100,6 +106,16 @@ def build_app(name: str, settings: Settings) -> ProjectionApp:
                 await projector.handle(records)
             except Reseek as reseek:
                 await seek(reseek.offsets)
+
+    @app.timer(RECOVERY_CHECK_SECONDS)
+    async def check_store() -> None:
+        try:
+            await projector.recover_incomplete(state["assigned"], unless_busy=True)
+        except Reseek as reseek:
+            await seek(reseek.offsets)
+        except Exception as error:  # noqa: BLE001 - the next check tries again; the worker must keep running
+            log.error("%s projection: checking the store for lost data failed (%r); retrying in %.0fs",
+                      name, error, RECOVERY_CHECK_SECONDS)
 
     def lags() -> dict[int, int]:
         result = {}
