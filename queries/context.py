@@ -10,6 +10,7 @@ from starlette.requests import Request
 from ams.auth import Principal, TokenVerifier
 from ams.settings import Settings
 from projections.redis_layout import RedisLayout
+from queries.cold import ColdStore
 from queries.positions import AppliedPositions
 
 
@@ -21,6 +22,7 @@ class QueryContext:
     applied: AppliedPositions
     verifier: TokenVerifier
     partitions: int
+    cold: ColdStore  # PostgreSQL: cold reads, history, time travel, streams, the audit feed, watch
 
 
 def context(request: Request) -> QueryContext:

@@ -17,12 +17,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ams.auth import READ, TokenVerifier
-from ams.http import EXCEPTION_HANDLERS, BodyLimitMiddleware, json_response
+from ams.http import EXCEPTION_HANDLERS, ApiError, BodyLimitMiddleware, json_response
 from ams.settings import Settings
 from commands import http as command_http
 from commands.log import EventLog
 from projections.redis_layout import RedisLayout
-from queries import kv
+from queries import events, history, kv, streams, watch
+from queries.cold import ColdStore
 from queries.context import QueryContext, authorize, context
 from queries.positions import AppliedPositions
 
@@ -50,12 +51,22 @@ async def positions(request: Request) -> Response:
     applied = await ctx.applied.refresh()
     log = request.app.state.commands.log
     heads = await log.end_offsets()
+    try:
+        durable = await ctx.cold.refresh()
+    except ApiError as error:  # PostgreSQL is down: report what it had applied when last seen
+        durable = dict(ctx.cold.applied)
+        warnings = {"postgres": error.message}
+    else:
+        warnings = {}
     return json_response({
         "projections": {
             "redis": {str(partition): {"applied": offset, "lag": max(0, heads[partition] - 1 - offset)}
                       for partition, offset in applied.items()},
+            "postgres": {str(partition): {"applied": offset, "lag": max(0, heads[partition] - 1 - offset)}
+                         for partition, offset in sorted(durable.items()) if partition in heads},
         },
         "log": {str(partition): head for partition, head in heads.items()},
+        **({"unavailable": warnings} if warnings else {}),
     })
 
 
@@ -70,11 +81,15 @@ def create_app(settings: Settings) -> Starlette:
         await event_log.start()
         applied = AppliedPositions(redis_client, layout, event_log.partitions)
         await applied.start()
-        app.state.queries = QueryContext(settings, redis_client, layout, applied, verifier, event_log.partitions)
+        cold = ColdStore(settings)
+        await cold.start()
+        app.state.queries = QueryContext(settings, redis_client, layout, applied, verifier, event_log.partitions,
+                                         cold)
         app.state.commands = command_http.CommandContext(settings, event_log, applied, verifier)
         try:
             yield
         finally:
+            await cold.stop()
             await applied.stop()
             await event_log.stop()
             await redis_client.aclose()
@@ -85,7 +100,11 @@ def create_app(settings: Settings) -> Starlette:
         Route("/metrics", metrics),
         Route("/v1/positions", positions),
         *command_http.routes,
+        *history.routes,  # before kv's: /v1/kv/{key}/history is not a key
         *kv.routes,
+        *streams.routes,
+        *events.routes,
+        *watch.routes,
     ]
     return Starlette(
         routes=routes,
