@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from ams.settings import Settings
 from commands.envelope import Event, decode
-from commands.fold import Record, fold
+from commands.fold import Outcome, Record, apply, fold
 
 
 async def read_topic(settings: Settings, topic: str) -> list[ConsumerRecord]:
@@ -60,3 +63,53 @@ async def fold_log_for(settings: Settings, tenant: str) -> dict[str, Record | No
         if event.tenant == tenant and event.type.startswith("kv."):
             by_key.setdefault(event.key, []).append((event, record.offset))
     return {key: fold(events)[0] for key, events in by_key.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Logged:
+    """An event as the log has it, with its position."""
+
+    partition: int
+    offset: int
+    event: Event
+
+    @property
+    def position(self) -> str:
+        return f"{self.partition}:{self.offset}"
+
+
+async def kv_events_by_key(settings: Settings, tenant: str) -> dict[str, list[Logged]]:
+    """Each of ``tenant``'s keys' events, read from the log itself, in log order."""
+    by_key: dict[str, list[Logged]] = {}
+    for record in await read_topic(settings, settings.events_topic):
+        try:
+            event = decode(record.value, record.headers, default_tenant=settings.default_tenant,
+                           record_ts=record.timestamp)
+        except ValueError:
+            continue
+        if event.tenant == tenant and event.type.startswith("kv."):
+            by_key.setdefault(event.key, []).append(Logged(record.partition, record.offset, event))
+    for events in by_key.values():
+        events.sort(key=lambda logged: (logged.offset, logged.partition))
+    return by_key
+
+
+def fold_history(events: list[Logged]) -> list[tuple[Logged, Outcome]]:
+    """Each event with the fold's outcome (whose record is the key's state after it)."""
+    record: Record | None = None
+    history = []
+    for logged in events:
+        outcome = apply(record, logged.event, logged.offset)
+        record = outcome.record
+        history.append((logged, outcome))
+    return history
+
+
+def state_after(events: list[Logged], included: Callable[[Logged], bool]) -> Record | None:
+    """The key's record after the longest prefix of ``events`` whose every event is ``included``."""
+    prefix = []
+    for logged in events:
+        if not included(logged):
+            break
+        prefix.append((logged.event, logged.offset))
+    return fold(prefix)[0]
