@@ -30,6 +30,24 @@ POSTGRES_TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
     asyncpg.exceptions.ConnectionDoesNotExistError,
 )
+# The only errors an event's own data can cause: PostgreSQL's data exceptions (SQLSTATE class 22, e.g. a
+# number out of range) and integrity violations (class 23), and values asyncpg cannot encode.
+EVENT_DATA_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.DataError,
+    asyncpg.exceptions.IntegrityConstraintViolationError,
+    asyncpg.exceptions._base.DataError,
+)
+
+
+class PostgresUnavailable(ConnectionError):
+    """Applying a batch failed for a reason other than the events' data: PostgreSQL went away mid-batch
+    (asyncpg then reports anything from a lost connection to an internal state error), or the projection
+    itself is broken. Retried until it succeeds: skipping the batch would lose acknowledged events."""
+
+
+# What `PostgresSink.apply` raises unchanged; it turns any other error into PostgresUnavailable.
+RAISED_AS_THEY_ARE: tuple[type[BaseException], ...] = (
+    CheckpointMoved, *TRANSIENT, *POSTGRES_TRANSIENT, *EVENT_DATA_ERRORS)
 NOTIFY_PAYLOAD_LIMIT = 7000  # PostgreSQL refuses payloads of 8000 bytes or more
 
 HISTORY_COLUMNS = ("partition", "log_offset", "event_id", "type", "tenant", "key", "actor", "command_id", "ts",
@@ -120,6 +138,19 @@ class PostgresSink(ProjectionSink):
         return {row["partition"]: row["log_offset"] for row in rows}
 
     async def apply(
+        self, partition: int, events: Sequence[Positioned], through: int, expected: int
+    ) -> list[Outcome | None]:
+        try:
+            return await self._apply_batch(partition, events, through, expected)
+        except RAISED_AS_THEY_ARE:
+            raise
+        except Exception as error:
+            raise PostgresUnavailable(
+                f"PostgreSQL could not apply partition {partition} up to offset {through} ({error!r}); if this "
+                "persists while PostgreSQL is up, the projection or its schema is broken"
+            ) from error
+
+    async def _apply_batch(
         self, partition: int, events: Sequence[Positioned], through: int, expected: int
     ) -> list[Outcome | None]:
         async with (await self.pool()).acquire() as connection, connection.transaction():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from ams.settings import Settings
@@ -113,3 +114,11 @@ def state_after(events: list[Logged], included: Callable[[Logged], bool]) -> Rec
             break
         prefix.append((logged.event, logged.offset))
     return fold(prefix)[0]
+
+
+async def cold_reads(settings: Settings, reason: str) -> float:
+    """How many current-value reads the gateway has served from PostgreSQL for ``reason``."""
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"{settings.gateway_url}/metrics")).text
+    prefix = f'ams_gateway_cold_reads_total{{reason="{reason}"}} '
+    return next((float(line.removeprefix(prefix)) for line in text.splitlines() if line.startswith(prefix)), 0.0)

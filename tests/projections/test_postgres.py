@@ -13,7 +13,7 @@ import pytest
 from ams.settings import get_settings
 from commands.envelope import PATCH, PUT, STREAM_APPEND, Event, now_ms
 from commands.fold import visible
-from projections.postgres import PostgresSink, record_from_row
+from projections.postgres import EVENT_DATA_ERRORS, PostgresSink, PostgresUnavailable, record_from_row
 from projections.postgres_schema import MIGRATIONS, create_pool, migrate
 from projections.sink import Positioned, ProjectionSink
 from tests.projections.sink_contract import SinkContract
@@ -103,3 +103,32 @@ async def test_migrations_run_once_and_are_recorded(schema: str) -> None:
         assert [row["version"] for row in recorded] == [migration.version for migration in MIGRATIONS]
     finally:
         await pool.close()
+
+
+async def test_an_event_postgres_cannot_store_is_raised_as_such_and_changes_nothing(schema: str, tenant: str) -> None:
+    """A value out of PostgreSQL's range is the event's fault: the projector may dead-letter it."""
+    settings = get_settings()
+    sink = PostgresSink(settings.postgres_dsn, schema, settings.partitions)
+    await sink.start()
+    try:
+        overflowing = Event(PUT, tenant, "k", 1, ts=2**63 - 10, ttl_ms=100)  # its expiry exceeds bigint
+        with pytest.raises(EVENT_DATA_ERRORS):
+            await sink.apply(0, [Positioned(overflowing, 0)], through=0, expected=-1)
+        assert await sink.checkpoints() == {}
+    finally:
+        await sink.close()
+
+
+async def test_a_broken_projection_is_retried_not_blamed_on_the_events(schema: str, tenant: str) -> None:
+    """Any other failure (here a missing table) must never be taken for a poison event and skipped."""
+    settings = get_settings()
+    sink = PostgresSink(settings.postgres_dsn, schema, settings.partitions)
+    await sink.start()
+    try:
+        await (await sink.pool()).execute("DROP TABLE kv_history")
+        with pytest.raises(PostgresUnavailable) as raised:
+            await sink.apply(0, [Positioned(Event(PUT, tenant, "k", 1, ts=now_ms()), 0)], through=0, expected=-1)
+        assert isinstance(raised.value, sink.transient_errors)
+        assert "kv_history" in str(raised.value)
+    finally:
+        await sink.close()
