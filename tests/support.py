@@ -122,3 +122,14 @@ async def cold_reads(settings: Settings, reason: str) -> float:
         text = (await client.get(f"{settings.gateway_url}/metrics")).text
     prefix = f'ams_gateway_cold_reads_total{{reason="{reason}"}} '
     return next((float(line.removeprefix(prefix)) for line in text.splitlines() if line.startswith(prefix)), 0.0)
+
+
+def in_log_order(positions: list[str]) -> bool:
+    """Whether ``"partition:offset"`` positions list each partition's offsets in increasing order."""
+    last: dict[str, int] = {}
+    for position in positions:
+        partition, offset = position.split(":")
+        if int(offset) <= last.get(partition, -1):
+            return False
+        last[partition] = int(offset)
+    return True

@@ -54,7 +54,8 @@ async def test_postgres_stopped_and_restarted_under_writes_loses_nothing(
 
     for key, events in (await kv_events_by_key(settings, tenant)).items():
         history = (await api.get(f"/v1/kv/{key}/history", params={"order": "oldest", "limit": 1000})).json()
-        expected = [(logged.position, outcome.status.value, outcome.version) for logged, outcome in fold_history(events)]
+        expected = [(logged.position, outcome.status.value, outcome.version)
+                    for logged, outcome in fold_history(events)]
         got = [(entry["position"], entry["outcome"]["status"], entry["outcome"]["version"])
                for entry in history["entries"]]
         assert got == expected, key  # every event exactly once, in order, with the fold's outcome

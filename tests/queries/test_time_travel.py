@@ -43,7 +43,8 @@ async def write_steps(settings: Settings, api: httpx.AsyncClient, tenant: str) -
     positions = []
     for step in range(4):
         for name in ("a", "b", "c"):
-            positions.append((await api.put(f"/v1/kv/plan/{name}", json={"step": step, "key": name})).json()["position"])
+            written = await api.put(f"/v1/kv/plan/{name}", json={"step": step, "key": name})
+            positions.append(written.json()["position"])
         if step == 1:
             positions.append(await delete_in_log(settings, tenant, "plan/b"))
         positions.append((await api.put("/v1/kv/elsewhere", json=step)).json()["position"])

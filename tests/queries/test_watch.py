@@ -13,7 +13,7 @@ import pytest
 
 from ams.settings import Settings
 from tests.conftest import token_for
-from tests.support import fold_history, kv_events_by_key
+from tests.support import fold_history, in_log_order, kv_events_by_key
 
 pytestmark = pytest.mark.stack
 
@@ -84,9 +84,7 @@ async def test_watch_delivers_every_change_in_order_and_resumes_without_gaps(
         assert change["event"] == "change"
         assert (change["data"]["key"], change["data"]["value"], change["data"]["version"]) == (
             logged.event.key, outcome.record.value, outcome.record.version)
-    for partition in {position.split(":")[0] for position in positions}:
-        offsets = [int(position.split(":")[1]) for position in positions if position.startswith(f"{partition}:")]
-        assert offsets == sorted(offsets)  # each partition in log order
+    assert in_log_order(positions)
 
 
 async def test_watches_per_tenant_are_bounded(settings: Settings, api: httpx.AsyncClient) -> None:

@@ -1,0 +1,1 @@
+"""Benchmarks: not tests; each is runnable as `python -m bench.<name>` against the local stack."""
