@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from projections.log_reader import PartitionReader
 
 log = logging.getLogger("ams.projector")
+PROGRESS_SECONDS = 5.0  # how often a long catch-up says how far it got
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,14 +93,20 @@ class Projector:
         metrics.CHECKPOINT.labels(self.sink.name, partition).set(checkpoint)
         await self._retrying(f"replay partition {partition}", self._replay_to_end, partition)
         await self._retrying(f"mark partition {partition} complete", self.sink.mark_complete, partition)
+        metrics.RECOVERIES.labels(self.sink.name).inc()
         log.warning("%s projection: partition %d recovered at offset %d", self.sink.name, partition,
                     self.checkpoints.get(partition, NO_CHECKPOINT))
         return self.checkpoints.get(partition, NO_CHECKPOINT)
 
     async def _replay_to_end(self, partition: int) -> None:
         assert self.reader is not None
+        reported = time.monotonic()
         async for records in self.reader.read(partition, self.resume_offset(partition)):
             await self._handle_partition(partition, records)
+            if time.monotonic() - reported > PROGRESS_SECONDS:
+                reported = time.monotonic()
+                log.warning("%s projection: partition %d is being caught up with the log, at offset %d",
+                            self.sink.name, partition, self.checkpoints.get(partition, NO_CHECKPOINT))
 
     async def _handle_partition(self, partition: int, batch: list[RawRecord]) -> None:
         expected = self.checkpoints.get(partition, NO_CHECKPOINT)

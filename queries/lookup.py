@@ -103,10 +103,33 @@ async def _read_hot(ctx: QueryContext, home: int, tenant: str, key: str) -> HotR
             pipe.exists(ctx.layout.live(home))
             (value, version, expires, deleted), checkpoint, live = await pipe.execute()
     except REDIS_UNAVAILABLE as error:
-        log.warning("Redis is unavailable for a read of partition %d (%r); reading PostgreSQL", home, error)
+        _warn_redis_unavailable(error)
         return None
     return HotRead(value, int(version) if version is not None else None, int(expires or 0), deleted == b"1",
                    int(checkpoint) if checkpoint is not None else -1, bool(live))
+
+
+class _Throttle:
+    """Lets something happen at most once per ``seconds``."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self._last = seconds, -seconds
+
+    def ready(self) -> bool:
+        if time.monotonic() - self._last < self.seconds:
+            return False
+        self._last = time.monotonic()
+        return True
+
+
+_outage_warning = _Throttle(10.0)
+
+
+def _warn_redis_unavailable(error: Exception) -> None:
+    """Say so now and then, not on every read while Redis is down."""
+    if _outage_warning.ready():
+        log.warning("Redis is unavailable (%r); current values are read from PostgreSQL until it is back "
+                    "(counted in ams_gateway_cold_reads_total)", error)
 
 
 async def _check_miss(ctx: QueryContext, tenant: str, key: str, home: int, redis_checkpoint: int) -> Current | None:
