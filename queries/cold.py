@@ -87,7 +87,7 @@ class ColdStore(PositionTracker):
         self._pool: asyncpg.Pool | None = None
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._unavailable_since_logged = False
+        self._outage_logged = False
 
     async def start(self) -> None:
         self._pool = await create_pool(self.settings.postgres_dsn, self.settings.postgres_schema,
@@ -185,8 +185,8 @@ class ColdStore(PositionTracker):
             await asyncio.sleep(POLL_SECONDS)
             try:
                 await self.refresh()
-                self._unavailable_since_logged = False
+                self._outage_logged = False
             except ApiError as error:
-                if not self._unavailable_since_logged:
+                if not self._outage_logged:
                     log.warning("cannot read PostgreSQL's checkpoints: %s", error.message)
-                    self._unavailable_since_logged = True
+                    self._outage_logged = True

@@ -78,7 +78,10 @@ async def read_current(ctx: QueryContext, tenant: str, key: str, positions: dict
             if hot.version is not None:
                 return hot.current(home, now_ms())
             return await _check_miss(ctx, tenant, key, home, hot.checkpoint)
-    reason = "token" if winner is ctx.cold else "redis_unavailable" if hot is None else "redis_incomplete"
+    if winner is ctx.cold or (hot is not None and hot.live):
+        reason = "redis_behind"  # PostgreSQL reached the caller's token first
+    else:
+        reason = "redis_unavailable" if hot is None else "redis_incomplete"
     required = {**positions, home: max(positions.get(home, -1), ctx.applied.high_water.get(home, -1))}
     remaining = max(0.0, timeout - (time.monotonic() - started))
     if not await ctx.cold.wait_applied(required, remaining):

@@ -74,8 +74,8 @@ class Watch:
                 self.wake.clear()
                 try:
                     rows = await self._changes()
-                except ApiError as error:
-                    yield b": %s\n\n" % error.message.encode()
+                except ApiError as error:  # PostgreSQL is away: say so in a comment (one line) and retry
+                    yield b": %s\n\n" % " ".join(error.message.split()).encode()
                     await asyncio.sleep(RETRY_SECONDS)
                     continue
                 for row in rows:  # each partition's rows come in offset order
