@@ -93,3 +93,25 @@ async def test_reads_are_served_from_postgres_while_redis_is_down(
         while (await api.put("/v1/kv/cold/after", json="redis is back")).status_code != 200:
             await asyncio.sleep(0.2)
     assert (await api.get("/v1/kv/cold/after")).json() == "redis is back"
+
+
+async def test_a_token_redis_has_not_reached_is_served_by_postgres_or_times_out_clearly(
+    stack: LocalStack, api: httpx.AsyncClient
+) -> None:
+    projector = next(component for component in stack.components() if component.name == "projector-redis")
+    await asyncio.to_thread(stack.down, ["projector-redis"])
+    try:
+        written = await api.put("/v1/kv/cold/pending", json="only in postgres yet",
+                                headers={"Prefer": "respond-async"})
+        assert written.status_code == 202, written.text
+        token = written.json()["position"]
+        response = await api.get("/v1/kv/cold/pending", headers={"X-AMS-Min-Position": token})
+        assert response.status_code == 200, response.text
+        assert response.json() == "only in postgres yet"
+        partition, offset = token.split(":")
+        never_written = f"{partition}:{int(offset) + 10**6}"
+        beyond = await api.get("/v1/kv/cold/pending", headers={"X-AMS-Min-Position": never_written})
+        assert beyond.status_code == 504
+        assert beyond.json()["error"]["code"] == "consistency_timeout"
+    finally:
+        await asyncio.to_thread(stack.ensure, projector)
