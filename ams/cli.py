@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.set_defaults(func=cmd_gateway)
 
     project = sub.add_parser("project", help="run a projection worker in the foreground")
-    project.add_argument("projection", choices=["redis"])
+    project.add_argument("projection", choices=["redis", "postgres"])
     project.set_defaults(func=cmd_project)
 
     rebuild = sub.add_parser("rebuild", help="rebuild a projection from offset 0 beside the live one, then swap")

@@ -27,7 +27,7 @@ class Namespace:
 
 
 def live(settings: Settings) -> Namespace:
-    return Namespace("live", settings.events_topic, settings.redis_prefix, "public")
+    return Namespace("live", settings.events_topic, settings.redis_prefix, settings.postgres_schema)
 
 
 def sandbox(settings: Settings, owner: str, name: str) -> Namespace:

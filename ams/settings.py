@@ -75,6 +75,8 @@ class Settings:
     # PostgreSQL: the durable projection.
     postgres_port: int = field(default_factory=lambda: _env_int("POSTGRES_PORT", 15432))
     postgres_dsn: str = ""
+    # The schema holding the durable projection's tables (a rebuild or a sandbox uses another one).
+    postgres_schema: str = field(default_factory=lambda: _env("POSTGRES_SCHEMA", "ams"))
 
     # The query gateway.
     gateway_host: str = field(default_factory=lambda: _env("GATEWAY_HOST", "127.0.0.1"))
@@ -92,6 +94,7 @@ class Settings:
     max_batch_operations: int = field(default_factory=lambda: _env_int("MAX_BATCH_OPERATIONS", 500))
     # Per-tenant default consistency class by key prefix (see commands/consistency.py).
     consistency_policy: dict[str, dict[str, str]] = field(default_factory=lambda: _env_policy())
+    max_watchers_per_tenant: int = field(default_factory=lambda: _env_int("MAX_WATCHERS_PER_TENANT", 8))
 
     # Auth: OAuth2 bearer JWTs. The algorithms are fixed here, never taken from a token.
     jwt_secret: str = field(

@@ -19,7 +19,7 @@ from compose import kafka, postgres, readiness, redis_server
 from compose.process import ManagedProcess
 from compose.system import ensure_packages
 
-PROJECTIONS = ("redis",)
+PROJECTIONS = ("redis", "postgres")
 
 
 @dataclass(frozen=True)

@@ -181,7 +181,7 @@ def parse_batch(response: httpx.Response) -> BatchResult:
 
 def parse_stream_page(response: httpx.Response) -> StreamPage:
     body = _json(response)
-    return StreamPage(list(body["items"]), body.get("next"))
+    return StreamPage(list(body["entries"]), body.get("next"))
 
 
 def parse_matches(response: httpx.Response) -> list[dict[str, Any]]:
@@ -193,7 +193,7 @@ def parse_matches(response: httpx.Response) -> list[dict[str, Any]]:
 
 def parse_history(response: httpx.Response) -> list[dict[str, Any]]:
     body = _json(response)
-    items = body["items"] if isinstance(body, dict) else body
+    items = body["entries"]
     if not isinstance(items, list):
         raise ValueError(f"history answers a list of entries, got {type(items).__name__}")
     return items

@@ -8,3 +8,4 @@ APPLIED = Counter("ams_projection_events_applied", "Events applied", ["projectio
 DEAD_LETTERED = Counter("ams_projection_dead_lettered", "Records sent to the dead-letter topic", ["projection"])
 RETRIES = Counter("ams_projection_retries", "Retries after a store was unreachable", ["projection"])
 BATCH_SECONDS = Histogram("ams_projection_batch_seconds", "Time to apply one partition's batch", ["projection"])
+RECOVERIES = Counter("ams_projection_recoveries", "Partitions recovered after their store lost data", ["projection"])

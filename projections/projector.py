@@ -3,14 +3,20 @@
 Faust's own offset commits are only a hint. This class decides what is applied: events at or below the
 sink's checkpoint are skipped, poison records go to the dead-letter topic (the partition keeps moving),
 and a sink that is down is retried until it is back, never skipped.
+
+A store that loses data by itself (a `RecoverableSink`, such as Redis) is recovered here, under the
+same lock as the batches: restored, then caught up with a private reader of the log rather than by
+seeking the worker's consumer backwards (which would deliver its already-buffered records first).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiokafka import ConsumerRecord
 
@@ -18,9 +24,14 @@ from commands.envelope import MalformedEvent, decode
 from commands.log import record_key
 from projections import metrics
 from projections.dead_letters import DEAD_LETTER_TRANSIENT, DeadLetter, DeadLetters
-from projections.sink import NO_CHECKPOINT, CheckpointMoved, Positioned, ProjectionSink
+from projections.sink import NO_CHECKPOINT, CheckpointMoved, Positioned, ProjectionSink, RecoverableSink
+
+if TYPE_CHECKING:
+    from projections.log_reader import PartitionReader
 
 log = logging.getLogger("ams.projector")
+PROGRESS_SECONDS = 5.0  # how often a long catch-up says how far it got
+
 
 @dataclass(frozen=True, slots=True)
 class RawRecord:
@@ -50,12 +61,19 @@ class Projector:
     sink: ProjectionSink
     dead_letters: DeadLetters
     default_tenant: str
+    reader: PartitionReader | None = None  # how a recovering sink catches up with the log
+    # How logs and metrics name this projection: the sink's name, plus the sandbox it projects, if any.
+    label: str = ""
     checkpoints: dict[int, int] = field(default_factory=dict)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def __post_init__(self) -> None:
+        self.label = self.label or self.sink.name
 
     async def load_checkpoints(self) -> dict[int, int]:
         self.checkpoints = await self._retrying("read checkpoints", self.sink.checkpoints)
         for partition, offset in self.checkpoints.items():
-            metrics.CHECKPOINT.labels(self.sink.name, partition).set(offset)
+            metrics.CHECKPOINT.labels(self.label, partition).set(offset)
         return self.checkpoints
 
     def resume_offset(self, partition: int) -> int:
@@ -65,9 +83,10 @@ class Projector:
         by_partition: dict[int, list[RawRecord]] = {}
         for record in records:
             by_partition.setdefault(record.partition, []).append(record)
-        # Partitions are independent (a checkpoint and keys of their own): apply them concurrently.
-        results = await asyncio.gather(*(self._handle_partition(partition, batch)
-                                         for partition, batch in by_partition.items()), return_exceptions=True)
+        async with self._lock:
+            # Partitions are independent (a checkpoint and keys of their own): apply them concurrently.
+            results = await asyncio.gather(*(self._handle_partition(partition, batch)
+                                             for partition, batch in by_partition.items()), return_exceptions=True)
         reseek: dict[int, int] = {}
         for result in results:
             if isinstance(result, Reseek):
@@ -77,6 +96,41 @@ class Projector:
         if reseek:
             raise Reseek(reseek)
 
+    async def recover_incomplete(self, partitions: Collection[int], *, unless_busy: bool = False) -> list[int]:
+        """Recover the partitions whose store lost data; return them. ``unless_busy``: skip the check
+        while a batch or a recovery runs (a periodic check will come back)."""
+        if not isinstance(self.sink, RecoverableSink) or not partitions or (unless_busy and self._lock.locked()):
+            return []
+        async with self._lock:
+            lost = await self._retrying("check for lost data", self.sink.incomplete, partitions, self.checkpoints)
+            for partition in lost:
+                await self._recover(partition)
+            return lost
+
+    async def _recover(self, partition: int) -> int:
+        assert isinstance(self.sink, RecoverableSink) and self.reader is not None
+        log.warning("%s projection: partition %d is incomplete (its store lost data); recovering it",
+                    self.label, partition)
+        checkpoint = await self._retrying(f"restore partition {partition}", self.sink.restore, partition)
+        self.checkpoints[partition] = checkpoint
+        metrics.CHECKPOINT.labels(self.label, partition).set(checkpoint)
+        await self._retrying(f"replay partition {partition}", self._replay_to_end, partition)
+        await self._retrying(f"mark partition {partition} complete", self.sink.mark_complete, partition)
+        metrics.RECOVERIES.labels(self.label).inc()
+        log.warning("%s projection: partition %d recovered at offset %d", self.label, partition,
+                    self.checkpoints.get(partition, NO_CHECKPOINT))
+        return self.checkpoints.get(partition, NO_CHECKPOINT)
+
+    async def _replay_to_end(self, partition: int) -> None:
+        assert self.reader is not None
+        reported = time.monotonic()
+        async for records in self.reader.read(partition, self.resume_offset(partition)):
+            await self._handle_partition(partition, records)
+            if time.monotonic() - reported > PROGRESS_SECONDS:
+                reported = time.monotonic()
+                log.warning("%s projection: partition %d is being caught up with the log, at offset %d",
+                            self.label, partition, self.checkpoints.get(partition, NO_CHECKPOINT))
+
     async def _handle_partition(self, partition: int, batch: list[RawRecord]) -> None:
         for _ in range(3):
             try:
@@ -84,9 +138,12 @@ class Projector:
                 return
             except CheckpointMoved as moved:
                 log.warning("%s", moved)
+                if moved.found < moved.expected and isinstance(self.sink, RecoverableSink) and self.reader:
+                    await self._recover(partition)  # the store went back in time: it lost data
+                    continue  # then apply what the batch has beyond the recovered checkpoint
                 await self.load_checkpoints()
                 if self.checkpoints.get(partition, NO_CHECKPOINT) < moved.expected:
-                    break  # the store lost what it had applied (flushed, rebuilt from nothing)
+                    break  # lost, and not recoverable here: read the log again from the checkpoint
                 # Otherwise another writer moved it forward (a rebuild went live): skip what it covers.
         raise Reseek({partition: self.resume_offset(partition)})
 
@@ -106,18 +163,17 @@ class Projector:
                 continue
             routed = record.key == record_key(event)
             events.append(Positioned(event, record.offset, routed))
-        with metrics.BATCH_SECONDS.labels(self.sink.name).time():
+        with metrics.BATCH_SECONDS.labels(self.label).time():
             if poison:
-                await self._retrying("dead-letter poison records", self.dead_letters.send, poison, self.sink.name)
-                metrics.DEAD_LETTERED.labels(self.sink.name).inc(len(poison))
+                await self._retrying("dead-letter poison records", self.dead_letters.send, poison, self.label)
+                metrics.DEAD_LETTERED.labels(self.label).inc(len(poison))
             await self._apply(partition, events, fresh[-1].offset, expected)
-        metrics.APPLIED.labels(self.sink.name).inc(len(events))
 
     async def _apply(self, partition: int, events: list[Positioned], through: int, expected: int) -> None:
         try:
             await self._retrying(f"apply partition {partition}", self.sink.apply, partition, events, through, expected)
         except CheckpointMoved:
-            raise
+            raise  # decided by _handle_partition: recover, skip forward, or read the log again
         except Exception as error:  # noqa: BLE001 - a bug or a poison event in the sink: isolate it
             if len(events) <= 1:
                 await self._dead_letter_failed(partition, events, through, expected, error)
@@ -129,16 +185,17 @@ class Projector:
                 await self._apply(partition, [], through, self.checkpoints.get(partition, expected))
             return
         self.checkpoints[partition] = through
-        metrics.CHECKPOINT.labels(self.sink.name, partition).set(through)
+        metrics.CHECKPOINT.labels(self.label, partition).set(through)
+        metrics.APPLIED.labels(self.label).inc(len(events))
 
     async def _dead_letter_failed(
         self, partition: int, events: list[Positioned], through: int, expected: int, error: Exception
     ) -> None:
         log.error("partition %d offset %d: the %s projection cannot apply it (%r); dead-lettering it",
-                  partition, through, self.sink.name, error)
+                  partition, through, self.label, error)
         letters = [DeadLetter(partition, item.offset, None, (), f"{type(error).__name__}: {error}") for item in events]
-        await self._retrying("dead-letter a failing event", self.dead_letters.send, letters, self.sink.name)
-        metrics.DEAD_LETTERED.labels(self.sink.name).inc(len(letters))
+        await self._retrying("dead-letter a failing event", self.dead_letters.send, letters, self.label)
+        metrics.DEAD_LETTERED.labels(self.label).inc(len(letters))
         await self._apply(partition, [], through, expected)
 
     async def _retrying(self, what: str, call, *args):  # type: ignore[no-untyped-def]
@@ -147,7 +204,7 @@ class Projector:
             try:
                 return await call(*args)
             except (*self.sink.transient_errors, *DEAD_LETTER_TRANSIENT) as error:
-                log.warning("%s projection: could not %s (%r); retrying in %.1fs", self.sink.name, what, error, delay)
-                metrics.RETRIES.labels(self.sink.name).inc()
+                log.warning("%s projection: could not %s (%r); retrying in %.1fs", self.label, what, error, delay)
+                metrics.RETRIES.labels(self.label).inc()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

@@ -195,11 +195,15 @@ class RedisSink(ProjectionSink):
     def layout_of(self, partition: int) -> RedisLayout:
         return self.layout.at(self.generations[partition])
 
-    async def checkpoints(self) -> dict[int, int]:
-        self.cache.clear()  # whoever asks is about to resume from what Redis says, not from memory
+    async def refresh_generations(self) -> None:
+        """Follow the generation pointers (a live writer), unless this sink builds a generation of its own."""
         if self.building is None:
             pointers = await self.client.mget([self.layout.pointer(p) for p in range(self.partitions)])
             self.generations = {p: int(value or 0) for p, value in enumerate(pointers)}
+
+    async def checkpoints(self) -> dict[int, int]:
+        self.cache.clear()  # whoever asks is about to resume from what Redis says, not from memory
+        await self.refresh_generations()
         values = await self.client.mget([self.layout_of(p).checkpoint(p) for p in range(self.partitions)])
         found = {partition: int(value) for partition, value in enumerate(values) if value is not None}
         # A rebuild starting an empty generation: nothing is there that this sink will not have written.
@@ -244,7 +248,9 @@ class RedisSink(ProjectionSink):
                 if self.building is not None:
                     raise GenerationRetired(f"generation {live} went live while building {self.building}") from None
                 self.generations[partition] = live
-                raise CheckpointMoved(partition, expected, -1, f" (a rebuild moved it to generation {live})") from None
+                found = await self.client.get(self.layout_of(partition).checkpoint(partition))
+                why = f" (a rebuild moved it to generation {live})"
+                raise CheckpointMoved(partition, expected, int(found) if found is not None else -1, why) from None
             raise
         for address, record in touched.items():
             self.cache.put(address, record)

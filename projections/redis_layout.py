@@ -27,6 +27,10 @@ class RedisLayout:
     def _tag(self, partition: int) -> str:
         return f"{self.prefix}:g{self.generation}:{{p{partition}}}"
 
+    def partition_prefix(self, partition: int) -> str:
+        """What the name of every key of the partition starts with."""
+        return f"{self._tag(partition)}:"
+
     def record(self, partition: int, tenant: str, key: str) -> str:
         return f"{self._tag(partition)}:kv:{tenant}:{key}"
 
@@ -36,6 +40,14 @@ class RedisLayout:
 
     def checkpoint(self, partition: int) -> str:
         return f"{self._tag(partition)}:ckpt"
+
+    def live(self, partition: int) -> str:
+        """Present while Redis holds every event of the partition that anyone was told about.
+
+        Only the projector sets it, at the end of a recovery; losing Redis's data loses it too, so a
+        reader that does not find it knows the hot state may be behind and reads PostgreSQL instead.
+        """
+        return f"{self._tag(partition)}:live"
 
     def outcome(self, partition: int, offset: int) -> str:
         """The outcome of an event the fold did not accept, kept for writers waiting on it."""

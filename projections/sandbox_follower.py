@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -18,11 +19,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from ams.namespaces import Namespace
 from ams.settings import Settings
 from projections.dead_letters import DeadLetters
+from projections.log_reader import PartitionReader
 from projections.projector import Projector, RawRecord, Reseek
 from projections.sink import ProjectionSink
 from replay.sandboxes import SandboxSpec, follow_registry
 
 log = logging.getLogger("ams.projector")
+RECOVERY_CHECK_SECONDS = 1.0  # as the live worker: has the sandbox's store lost data?
 
 
 class SandboxFollower:
@@ -59,7 +62,9 @@ class SandboxFollower:
         namespace = spec.namespace(self.settings)
         sink = self.make_sink(namespace)
         dead_letters = DeadLetters(self.settings.kafka_bootstrap, self.settings.dlq_topic, namespace.topic)
-        projector = Projector(sink, dead_letters, self.settings.default_tenant)
+        reader = PartitionReader(self.settings.kafka_bootstrap, namespace.topic)
+        projector = Projector(sink, dead_letters, self.settings.default_tenant, reader,
+                              label=f"{sink.name} {namespace.label}")
         consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False,
                                     isolation_level="read_committed")
         await consumer.start()
@@ -67,9 +72,16 @@ class SandboxFollower:
             partitions = [TopicPartition(namespace.topic, p) for p in range(self.settings.partitions)]
             consumer.assign(partitions)
             await projector.load_checkpoints()
+            numbers = [tp.partition for tp in partitions]
+            await projector.recover_incomplete(numbers)  # a new sandbox: its partitions become complete here
             for tp in partitions:
                 consumer.seek(tp, projector.resume_offset(tp.partition))
+            checked = time.monotonic()
             while True:
+                if time.monotonic() - checked > RECOVERY_CHECK_SECONDS:
+                    for partition in await projector.recover_incomplete(numbers, unless_busy=True):
+                        consumer.seek(TopicPartition(namespace.topic, partition), projector.resume_offset(partition))
+                    checked = time.monotonic()
                 batch = await consumer.getmany(timeout_ms=500, max_records=2000)
                 records = [RawRecord.of(r) for tp_records in batch.values() for r in tp_records]
                 try:

@@ -9,7 +9,7 @@ moved under it (another worker, a flushed store) stops and re-reads it instead o
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -70,3 +70,26 @@ class ProjectionSink(ABC):
         checkpoint). Raises CheckpointMoved, having changed nothing, when the stored checkpoint is not
         ``expected``. Returns each event's outcome (None for events the fold does not decide).
         """
+
+
+class RecoverableSink(ProjectionSink):
+    """A sink whose store can lose data on its own (a cache such as Redis), notices it, and restores itself.
+
+    While a partition is incomplete, readers must not trust it; the projector restores it, catches it up
+    with the log and then marks it complete, before it applies anything else to that partition.
+    """
+
+    @abstractmethod
+    async def incomplete(self, partitions: Collection[int], expected: Mapping[int, int]) -> list[int]:
+        """The partitions that may lack events they had applied: their data was lost, they were never
+        marked complete, or their checkpoint is older than ``expected`` (the projector's own memory)."""
+
+    @abstractmethod
+    async def restore(self, partition: int) -> int:
+        """Bring the partition to a consistent state at some checkpoint, and return it (-1: empty).
+
+        Once the store is consistent again, the projector replays the log after that checkpoint."""
+
+    @abstractmethod
+    async def mark_complete(self, partition: int) -> None:
+        """The partition holds every event it held before the loss: readers may trust it again."""

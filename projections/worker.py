@@ -19,6 +19,7 @@ from ams.settings import Settings
 from projections import metrics
 from projections.dead_letters import DeadLetters
 from projections.faust_app import ProjectionApp
+from projections.log_reader import PartitionReader
 from projections.projector import Projector, RawRecord, Reseek
 from projections.sandbox_follower import SandboxFollower
 from projections.sink import ProjectionSink
@@ -27,18 +28,29 @@ log = logging.getLogger("ams.projector")
 
 BATCH_MAX = 1000
 BATCH_WITHIN_SECONDS = 0.005
+# How often the worker checks that its store still holds what it applied (Redis may lose its data).
+RECOVERY_CHECK_SECONDS = 1.0
 
 
 def _redis_sink(settings: Settings, namespace: Namespace) -> ProjectionSink:
-    from projections.redis_kv import RedisSink
+    from projections.postgres_snapshot import PostgresSnapshots
     from projections.redis_layout import RedisLayout
+    from projections.redis_recovery import RecoveringRedisSink
 
-    return RedisSink(settings.redis_url, RedisLayout(namespace.redis_prefix), settings.partitions,
-                     wait_replicas=settings.redis_wait_replicas, wait_timeout_ms=settings.redis_wait_timeout_ms)
+    snapshots = PostgresSnapshots(settings.postgres_dsn, namespace.postgres_schema)
+    return RecoveringRedisSink(settings.redis_url, RedisLayout(namespace.redis_prefix), settings.partitions, snapshots,
+                               wait_replicas=settings.redis_wait_replicas,
+                               wait_timeout_ms=settings.redis_wait_timeout_ms)
+
+
+def _postgres_sink(settings: Settings, namespace: Namespace) -> ProjectionSink:
+    from projections.postgres import PostgresSink
+
+    return PostgresSink(settings.postgres_dsn, namespace.postgres_schema, settings.partitions)
 
 
 # Each projection's sink, made for a namespace (the live one, or a sandbox's).
-SINKS: dict[str, Callable[[Settings, Namespace], ProjectionSink]] = {"redis": _redis_sink}
+SINKS: dict[str, Callable[[Settings, Namespace], ProjectionSink]] = {"redis": _redis_sink, "postgres": _postgres_sink}
 
 
 def web_port(settings: Settings, name: str) -> int:
@@ -49,7 +61,7 @@ def build_app(name: str, settings: Settings) -> ProjectionApp:
     make_sink = SINKS[name]
     sink = make_sink(settings, live(settings))
     projector = Projector(sink, DeadLetters(settings.kafka_bootstrap, settings.dlq_topic, settings.events_topic),
-                          settings.default_tenant)
+                          settings.default_tenant, PartitionReader(settings.kafka_bootstrap, settings.events_topic))
     app = ProjectionApp(
         f"ams-projection-{name}",
         broker=f"kafka://{settings.kafka_bootstrap}",
@@ -79,6 +91,7 @@ def build_app(name: str, settings: Settings) -> ProjectionApp:
         ours = {tp.partition for tp in assigned if tp.topic == settings.events_topic}
         state["assigned"] = ours
         await projector.load_checkpoints()
+        await projector.recover_incomplete(ours)
         await seek({partition: projector.resume_offset(partition) for partition in ours})
         log.info("%s projection: assigned partitions %s, resuming from %s", name, sorted(ours),
                  {partition: projector.resume_offset(partition) for partition in sorted(ours)})
@@ -110,6 +123,16 @@ def build_app(name: str, settings: Settings) -> ProjectionApp:
     @app.task
     async def follow_sandboxes() -> None:
         await SandboxFollower(settings, lambda namespace: make_sink(settings, namespace)).run()
+
+    @app.timer(RECOVERY_CHECK_SECONDS)
+    async def check_store() -> None:
+        try:
+            await projector.recover_incomplete(state["assigned"], unless_busy=True)
+        except Reseek as reseek:
+            await seek(reseek.offsets)
+        except Exception as error:  # noqa: BLE001 - the next check tries again; the worker must keep running
+            log.error("%s projection: checking the store for lost data failed (%r); retrying in %.0fs",
+                      name, error, RECOVERY_CHECK_SECONDS)
 
     def lags() -> dict[int, int]:
         result = {}

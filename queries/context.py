@@ -9,6 +9,7 @@ from starlette.requests import Request
 
 from ams.http import authorize
 from ams.settings import Settings
+from queries.cold import ColdStore
 from queries.positions import AppliedPositions
 
 
@@ -18,6 +19,7 @@ class QueryContext:
     redis: aioredis.Redis
     applied: AppliedPositions
     partitions: int
+    cold: ColdStore  # PostgreSQL: cold reads, history, time travel, streams, the audit feed, watch
 
 
 def context(request: Request) -> QueryContext:

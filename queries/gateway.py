@@ -17,13 +17,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ams.auth import READ, TokenVerifier
-from ams.http import EXCEPTION_HANDLERS, BodyLimitMiddleware, json_response
+from ams.http import EXCEPTION_HANDLERS, ApiError, BodyLimitMiddleware, json_response
 from ams.namespaces import live
 from ams.settings import Settings
 from commands import batch as command_batch
 from commands import http as command_http
 from commands.log import EventLog
-from queries import kv
+from queries import events, history, kv, streams, watch
 from queries.context import authorize, context
 from queries.namespaces import GatewayNamespaces
 from replay import http as replay_http
@@ -51,12 +51,22 @@ async def positions(request: Request) -> Response:
     ctx = context(request)
     applied = await ctx.applied.refresh()
     heads = await command_http.command_context(request).log.end_offsets()
+    try:
+        durable = await ctx.cold.refresh()
+    except ApiError as error:  # PostgreSQL is down: report what it had applied when last seen
+        durable = dict(ctx.cold.applied)
+        warnings = {"postgres": error.message}
+    else:
+        warnings = {}
     return json_response({
         "projections": {
             "redis": {str(partition): {"applied": offset, "lag": max(0, heads[partition] - 1 - offset)}
                       for partition, offset in applied.items()},
+            "postgres": {str(partition): {"applied": offset, "lag": max(0, heads[partition] - 1 - offset)}
+                         for partition, offset in sorted(durable.items()) if partition in heads},
         },
         "log": {str(partition): head for partition, head in heads.items()},
+        **({"unavailable": warnings} if warnings else {}),
     })
 
 
@@ -86,7 +96,11 @@ def create_app(settings: Settings) -> Starlette:
         Route("/v1/positions", positions),
         *command_http.routes,
         *command_batch.routes,
+        *history.routes,  # before kv's: /v1/kv/{key}/history is not a key
         *kv.routes,
+        *streams.routes,
+        *events.routes,
+        *watch.routes,
         *replay_http.routes,
     ]
     return Starlette(

@@ -1,4 +1,4 @@
-"""Reads of key-value memory from the hot projection."""
+"""Reads of key-value memory: the current value (hot, with a cold fallback) and time travel."""
 
 from __future__ import annotations
 
@@ -11,40 +11,24 @@ from starlette.routing import Route
 from ams.auth import READ
 from ams.http import ApiError, json_response
 from commands.envelope import now_ms
-from commands.keys import InvalidName, check_key, check_prefix, kafka_key, parse_positions, partition_for
+from commands.keys import InvalidName, check_key, check_prefix, kafka_key, partition_for
+from queries import time_travel
 from queries.context import QueryContext, authorize, context
-
-
-async def wait_for_token(request: Request, ctx: QueryContext) -> None:
-    """Honour ``X-AMS-Min-Position``: wait until the projection has applied it, or fail clearly."""
-    token = request.headers.get("x-ams-min-position")
-    if not token:
-        return
-    positions = parse_positions(token)
-    if any(partition >= ctx.partitions for partition in positions):
-        raise ApiError(400, "invalid_token", f"consistency token {token!r} names a partition this log does not have")
-    if not await ctx.applied.wait_applied(positions, ctx.settings.read_wait_timeout):
-        raise ApiError(
-            504, "consistency_timeout",
-            f"the projection has not reached {token} within {ctx.settings.read_wait_timeout:g}s; retry the read",
-        )
+from queries.lookup import read_current
+from queries.params import min_position
 
 
 async def get_value(request: Request) -> Response:
     principal = authorize(request, READ)
     key = check_key(request.path_params["key"])
+    if "as_of" in request.query_params:
+        return await time_travel.get_as_of(request, principal, key)
     ctx = context(request)
-    await wait_for_token(request, ctx)
-    partition = partition_for(kafka_key(principal.tenant, key), ctx.partitions)
-    value, version, expires, deleted = await ctx.redis.hmget(
-        ctx.applied.layout_of(partition).record(partition, principal.tenant, key),
-        ["value", "version", "expires", "deleted"],
-    )
-    if value is None or deleted == b"1" or (expires not in (None, b"0") and int(expires) <= now_ms()):
+    current = await read_current(ctx, principal.tenant, key, min_position(request, ctx.partitions))
+    if current is None:
         raise ApiError(404, "not_found", f"key {key!r} does not exist")
-    number = int(version)  # type: ignore[arg-type]
-    headers = {"ETag": f'"{number}"', "X-AMS-Position": f"{partition}:{number}"}
-    return Response(value, media_type="application/json", headers=headers)
+    headers = {"ETag": f'"{current.version}"', "X-AMS-Position": f"{current.partition}:{current.version}"}
+    return Response(current.value, media_type="application/json", headers=headers)
 
 
 MAX_LIST_LIMIT = 1000
@@ -73,12 +57,15 @@ def _limit(request: Request) -> int:
 
 
 async def list_keys(request: Request) -> Response:
-    """The tenant's live keys under ``prefix``, in key order, a page at a time."""
+    """The tenant's keys under ``prefix``, in key order, a page at a time: now from the hot projection, or
+    ``as_of`` a past position or time from PostgreSQL."""
     principal = authorize(request, READ)
+    if "as_of" in request.query_params:
+        return await time_travel.list_as_of(request, principal)
     ctx = context(request)
     prefix = check_prefix(request.query_params.get("prefix", ""))
     limit = _limit(request)
-    await wait_for_token(request, ctx)
+    await _hot_listing_ready(ctx, min_position(request, ctx.partitions))
     lower, upper = _page_bounds(prefix, request.query_params.get("cursor"))
     items: list[dict[str, object]] = []
     exhausted = False
@@ -99,6 +86,17 @@ async def list_keys(request: Request) -> Response:
     if len(items) == limit and not exhausted:
         next_cursor = base64.urlsafe_b64encode(str(items[-1]["key"]).encode()).decode()
     return json_response({"items": items, "next_cursor": next_cursor})
+
+
+async def _hot_listing_ready(ctx: QueryContext, positions: dict[int, int]) -> None:
+    """A listing reads every partition of the hot projection: each must be complete and past the token."""
+    if not await ctx.applied.wait_applied(positions, ctx.settings.read_wait_timeout):
+        raise ApiError(504, "consistency_timeout", f"the hot projection has not reached the requested position "
+                       f"within {ctx.settings.read_wait_timeout:g}s; retry the listing")
+    markers = await ctx.redis.mget([ctx.applied.layout_of(p).live(p) for p in range(ctx.partitions)])
+    if None in markers:
+        raise ApiError(503, "hot_state_recovering", "the hot projection is restoring lost data, so a listing "
+                       "could miss keys; retry in a few seconds, or list as_of a position from PostgreSQL")
 
 
 async def _live_versions(ctx: QueryContext, tenant: str, keys: list[str]) -> dict[str, int]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import redis.asyncio as aioredis
 from starlette.requests import Request
@@ -22,6 +22,7 @@ from ams.settings import Settings
 from commands.http import CommandContext
 from commands.log import EventLog
 from projections.redis_layout import RedisLayout
+from queries.cold import ColdStore
 from queries.context import QueryContext
 from queries.positions import AppliedPositions
 from replay.sandboxes import SandboxSpec, follow_registry
@@ -35,7 +36,10 @@ class Served:
     namespace: Namespace
     commands: CommandContext
     queries: QueryContext
-    applied: AppliedPositions
+
+    async def stop(self) -> None:
+        await self.queries.applied.stop()
+        await self.queries.cold.stop()
 
 
 class GatewayNamespaces:
@@ -48,9 +52,11 @@ class GatewayNamespaces:
     async def serve(self, namespace: Namespace) -> Served:
         applied = AppliedPositions(self.redis, RedisLayout(namespace.redis_prefix), self.live_log.partitions)
         await applied.start()
+        cold = ColdStore(replace(self.settings, postgres_schema=namespace.postgres_schema))
+        await cold.start()
         event_log = self.live_log if namespace.is_live else self.live_log.at(namespace.topic)
         return Served(namespace, CommandContext(self.settings, event_log, applied),
-                      QueryContext(self.settings, self.redis, applied, self.live_log.partitions), applied)
+                      QueryContext(self.settings, self.redis, applied, self.live_log.partitions, cold))
 
     async def start(self, live: Namespace) -> None:
         self.live = await self.serve(live)
@@ -62,7 +68,7 @@ class GatewayNamespaces:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follower
         for served in [*self.sandboxes.values(), *([self.live] if self.live else [])]:
-            await served.applied.stop()
+            await served.stop()
 
     async def _follow(self) -> None:
         while True:
@@ -80,7 +86,7 @@ class GatewayNamespaces:
             return  # already served (this gateway created it)
         previous = self.sandboxes.pop(key, None)
         if previous is not None:
-            await previous.applied.stop()
+            await previous.stop()
         if spec is not None:
             self.sandboxes[key] = await self.serve(spec.namespace(self.settings))
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import Any
 
 import orjson
@@ -20,17 +19,16 @@ import redis.asyncio as aioredis
 
 from commands.keys import Position
 from projections.redis_layout import RedisLayout
+from queries.tracking import POLL_SECONDS, PositionTracker
 
 log = logging.getLogger("ams.gateway")
-POLL_SECONDS = 0.5
 
 
-class AppliedPositions:
+class AppliedPositions(PositionTracker):
     def __init__(self, client: aioredis.Redis, layout: RedisLayout, partitions: int) -> None:
+        super().__init__()
         self.client, self.layout, self.partitions = client, layout, partitions
-        self.applied: dict[int, int] = {}
         self.generations: dict[int, int] = {partition: 0 for partition in range(partitions)}
-        self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -57,29 +55,6 @@ class AppliedPositions:
         self.generations = generations
         self._set({partition: int(value) if value is not None else -1 for partition, value in enumerate(checkpoints)})
         return dict(self.applied)
-
-    def _set(self, updates: dict[int, int]) -> None:
-        changed = False
-        for partition, offset in updates.items():
-            if self.applied.get(partition) != offset:
-                self.applied[partition] = offset
-                changed = True
-        if changed:
-            self._changed.set()
-            self._changed = asyncio.Event()
-
-    def reached(self, positions: dict[int, int]) -> bool:
-        return all(self.applied.get(partition, -1) >= offset for partition, offset in positions.items())
-
-    async def wait_applied(self, positions: dict[int, int], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while not self.reached(positions):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), min(remaining, POLL_SECONDS))
-        return True
 
     async def outcomes(self, positions: list[Position]) -> list[dict[str, Any] | None]:
         keys = [self.layout_of(position.partition).outcome(position.partition, position.offset)

@@ -46,6 +46,8 @@ local function checkpoint(generation)
 end
 if checkpoint(new) >= checkpoint(live) then
   redis.call('SET', KEYS[1], ARGV[1])
+  -- the new generation holds every event the live one did: readers may trust it (see redis_recovery.py)
+  redis.call('SET', ARGV[2] .. ':g' .. new .. ':{p' .. ARGV[3] .. '}:live', 1)
   return 1
 end
 return 0

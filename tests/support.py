@@ -7,14 +7,15 @@ import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from ams.settings import Settings
 from commands.envelope import Event, decode
-from commands.fold import Record, fold
+from commands.fold import Outcome, Record, apply, fold
 
 
 async def read_topic(settings: Settings, topic: str) -> list[ConsumerRecord]:
@@ -111,3 +112,70 @@ async def topic_exists(settings: Settings, topic: str) -> bool:
         return topic in (await producer.client.fetch_all_metadata()).topics()
     finally:
         await producer.stop()
+@dataclass(frozen=True, slots=True)
+class Logged:
+    """An event as the log has it, with its position."""
+
+    partition: int
+    offset: int
+    event: Event
+
+    @property
+    def position(self) -> str:
+        return f"{self.partition}:{self.offset}"
+
+
+async def kv_events_by_key(settings: Settings, tenant: str) -> dict[str, list[Logged]]:
+    """Each of ``tenant``'s keys' events, read from the log itself, in log order."""
+    by_key: dict[str, list[Logged]] = {}
+    for record in await read_topic(settings, settings.events_topic):
+        try:
+            event = decode(record.value, record.headers, default_tenant=settings.default_tenant,
+                           record_ts=record.timestamp)
+        except ValueError:
+            continue
+        if event.tenant == tenant and event.type.startswith("kv."):
+            by_key.setdefault(event.key, []).append(Logged(record.partition, record.offset, event))
+    for events in by_key.values():
+        events.sort(key=lambda logged: (logged.offset, logged.partition))
+    return by_key
+
+
+def fold_history(events: list[Logged]) -> list[tuple[Logged, Outcome]]:
+    """Each event with the fold's outcome (whose record is the key's state after it)."""
+    record: Record | None = None
+    history = []
+    for logged in events:
+        outcome = apply(record, logged.event, logged.offset)
+        record = outcome.record
+        history.append((logged, outcome))
+    return history
+
+
+def state_after(events: list[Logged], included: Callable[[Logged], bool]) -> Record | None:
+    """The key's record after the longest prefix of ``events`` whose every event is ``included``."""
+    prefix = []
+    for logged in events:
+        if not included(logged):
+            break
+        prefix.append((logged.event, logged.offset))
+    return fold(prefix)[0]
+
+
+async def cold_reads(settings: Settings, reason: str) -> float:
+    """How many current-value reads the gateway has served from PostgreSQL for ``reason``."""
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"{settings.gateway_url}/metrics")).text
+    prefix = f'ams_gateway_cold_reads_total{{reason="{reason}"}} '
+    return next((float(line.removeprefix(prefix)) for line in text.splitlines() if line.startswith(prefix)), 0.0)
+
+
+def in_log_order(positions: list[str]) -> bool:
+    """Whether ``"partition:offset"`` positions list each partition's offsets in increasing order."""
+    last: dict[str, int] = {}
+    for position in positions:
+        partition, offset = position.split(":")
+        if int(offset) <= last.get(partition, -1):
+            return False
+        last[partition] = int(offset)
+    return True

@@ -16,7 +16,7 @@ def test_a_second_up_reuses_everything_that_runs(stack: LocalStack) -> None:
 def test_status_shows_every_component_ready(stack: LocalStack) -> None:
     rows = {name: (state, pid) for name, state, pid, _ in stack.status()}
     infrastructure = set() if stack.settings.services_given else {"kafka", "redis", "postgres"}
-    expected = {"projector-redis", "gateway"} | infrastructure
+    expected = {"projector-redis", "projector-postgres", "gateway"} | infrastructure
     assert expected <= set(rows)
     for name in expected:
         assert rows[name][0] == "ready", (name, rows[name])

@@ -233,7 +233,7 @@ def test_pages_batches_streams_and_matches_are_parsed() -> None:
     assert result.results[0].version == 15
 
     stream_call = calls.read_stream("s")
-    stream = calls.finish(stream_call, answer(stream_call, json_body={"items": [{"n": 1}], "next": "0:5"}), None)
+    stream = calls.finish(stream_call, answer(stream_call, json_body={"entries": [{"n": 1}], "next": "0:5"}), None)
     assert (stream.items, stream.next) == ([{"n": 1}], "0:5")
 
     search = calls.vector_search([1.0], 1)

@@ -1,10 +1,4 @@
-"""End-to-end tests of client calls whose gateway route does not exist yet.
-
-`GET /v1/streams/{name}?after=&limit=` (reading a stream back) is being built with the PostgreSQL
-projection (issue 4); the gateway still answers 405 for it. These tests follow the contract
-``{"items": [...], "next": ...}`` and pass once the route is served; move them into
-``test_client_stack.py`` then. They are deliberately not skipped.
-"""
+"""End-to-end tests of reading a stream back through the client (`GET /v1/streams/{name}?after=&limit=`)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,42 @@
+"""Reading one partition of the log from an offset up to its current end, outside the worker's consumer.
+
+A projection that recovers a partition catches up through this reader instead of seeking its Faust
+consumer backwards: records the consumer has already buffered would otherwise reach the projector
+before the re-read ones, and be applied out of order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from projections.projector import RawRecord
+
+FETCH_MAX = 1000
+
+
+class PartitionReader:
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap, self.topic = bootstrap, topic
+
+    async def read(self, partition: int, start: int) -> AsyncIterator[list[RawRecord]]:
+        """Committed records of ``partition`` from ``start`` to the end it had when called, in batches."""
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+                                    isolation_level="read_committed", max_poll_records=FETCH_MAX)
+        await consumer.start()
+        try:
+            tp = TopicPartition(self.topic, partition)
+            consumer.assign([tp])
+            end = (await consumer.end_offsets([tp]))[tp]
+            consumer.seek(tp, start)
+            while await consumer.position(tp) < end:
+                fetched = (await consumer.getmany(tp, timeout_ms=1000, max_records=FETCH_MAX)).get(tp, [])
+                batch = [
+                    RawRecord(partition, record.offset, record.value, list(record.headers or ()), record.timestamp)
+                    for record in fetched if record.offset < end
+                ]
+                if batch:
+                    yield batch
+        finally:
+            await consumer.stop()

@@ -1,0 +1,91 @@
+"""PostgreSQL's current state of one partition, read as one consistent snapshot: how a hot store that
+lost its data (Redis after a flush or a restart without persistence) is restored without replaying the
+whole log. The snapshot is taken at PostgreSQL's own checkpoint for the partition; the hot store then
+replays only the log after it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from commands.fold import Record
+from projections.postgres import RECORD_COLUMNS, record_from_row
+from projections.postgres_schema import connect
+
+CHUNK = 1000
+
+# Keys of the partition that a hot store still holds: live ones, and dead ones for a while after they
+# died (so that conditions and retried commands see them), as `redis_kv.physical_expiry` decides.
+RECORDS = f"""
+SELECT tenant, key, {RECORD_COLUMNS} FROM kv_current
+WHERE home_partition = $1
+  AND CASE WHEN deleted THEN updated_ts + $2 > $3
+           WHEN expires_at IS NOT NULL THEN expires_at + $2 > $3
+           ELSE true END
+"""
+# Events the fold did not accept, recently enough that a writer may still be waiting for their outcome.
+UNACCEPTED = """
+SELECT log_offset, ts, status, reason, outcome_version FROM kv_history
+WHERE partition = $1 AND status <> 'accepted' AND ts > $2 AND log_offset <= $3
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRecord:
+    tenant: str
+    key: str
+    record: Record
+
+
+@dataclass(frozen=True, slots=True)
+class UnacceptedOutcome:
+    offset: int
+    ts: int
+    summary: dict[str, Any]  # what a waiting writer reads: status, reason, version
+
+
+class PartitionSnapshot:
+    def __init__(self, connection: asyncpg.Connection, partition: int, checkpoint: int) -> None:
+        self._connection, self.partition, self.checkpoint = connection, partition, checkpoint
+
+    async def records(self, retention_ms: int, now: int) -> AsyncIterator[list[SnapshotRecord]]:
+        chunk: list[SnapshotRecord] = []
+        async for row in self._connection.cursor(RECORDS, self.partition, retention_ms, now, prefetch=CHUNK):
+            chunk.append(SnapshotRecord(row["tenant"], row["key"], record_from_row(row)))
+            if len(chunk) >= CHUNK:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    async def unaccepted(self, since: int) -> list[UnacceptedOutcome]:
+        rows = await self._connection.fetch(UNACCEPTED, self.partition, since, self.checkpoint)
+        return [
+            UnacceptedOutcome(row["log_offset"], row["ts"],
+                              {"status": row["status"], "reason": row["reason"], "version": row["outcome_version"]})
+            for row in rows
+        ]
+
+
+class PostgresSnapshots:
+    """Snapshots of the live PostgreSQL projection (``projection``'s checkpoints in ``schema``)."""
+
+    def __init__(self, dsn: str, schema: str, projection: str = "postgres") -> None:
+        self.dsn, self.schema, self.projection = dsn, schema, projection
+
+    @contextlib.asynccontextmanager
+    async def partition(self, partition: int) -> AsyncIterator[PartitionSnapshot]:
+        connection = await connect(self.dsn, self.schema)
+        try:
+            async with connection.transaction(isolation="repeatable_read", readonly=True):
+                checkpoint = await connection.fetchval(
+                    "SELECT log_offset FROM checkpoints WHERE projection = $1 AND partition = $2",
+                    self.projection, partition)
+                yield PartitionSnapshot(connection, partition, -1 if checkpoint is None else checkpoint)
+        finally:
+            await connection.close()

@@ -1,0 +1,95 @@
+"""Query parameters of the reads: each bad one is a 400 that says what was wrong and changes nothing.
+
+Positions are written as in consistency tokens: ``partition:offset``, several joined by commas. A cursor
+over the whole log (the audit feed, watch) names a position per partition; a partition it does not name
+is read from its beginning.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from starlette.requests import Request
+
+from ams.http import ApiError
+from commands.keys import InvalidName, Position, parse_positions
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+_POSITIONS = re.compile(r"\s*\d+:\d+\s*(,\s*\d+:\d+\s*)*")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def limit_param(request: Request) -> int:
+    raw = request.query_params.get("limit")
+    if raw is None:
+        return DEFAULT_LIMIT
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise ApiError(400, "invalid_limit", f"limit must be a whole number from 1 to {MAX_LIMIT}, got {raw!r}")
+    return int(raw)
+
+
+def positions_value(raw: str, what: str, partitions: int) -> dict[int, int]:
+    try:
+        positions = parse_positions(raw)
+    except InvalidName as error:
+        raise ApiError(400, "invalid_position", f"{what}: {error}") from None
+    if not positions:
+        raise ApiError(400, "invalid_position", f"{what} is empty; write positions as '0:15,3:42'")
+    beyond = sorted(partition for partition in positions if partition >= partitions)
+    if beyond:
+        raise ApiError(400, "invalid_position",
+                       f"{what} names partition(s) {beyond}; the log has partitions 0 to {partitions - 1}")
+    return positions
+
+
+def position_param(request: Request, name: str, partitions: int) -> Position | None:
+    """A single ``partition:offset`` (a paging cursor), or None when the parameter is absent."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    positions = positions_value(raw, name, partitions)
+    if len(positions) != 1:
+        raise ApiError(400, "invalid_position", f"{name} must be one position 'partition:offset', got {raw!r}")
+    [(partition, offset)] = positions.items()
+    return Position(partition, offset)
+
+
+def min_position(request: Request, partitions: int) -> dict[int, int]:
+    """``X-AMS-Min-Position``: what the read must reflect at least ({} when absent)."""
+    token = request.headers.get("x-ams-min-position")
+    if not token:
+        return {}
+    return positions_value(token, "X-AMS-Min-Position", partitions)
+
+
+@dataclass(frozen=True, slots=True)
+class AsOf:
+    """A point in the past: the log up to ``positions`` (per partition), or up to a time."""
+
+    text: str  # as the caller wrote it
+    positions: dict[int, int] | None = None
+    ts: int | None = None  # milliseconds since the epoch
+
+
+def as_of_value(raw: str, partitions: int) -> AsOf:
+    if _POSITIONS.fullmatch(raw):
+        return AsOf(raw, positions=positions_value(raw, "as_of", partitions))
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError:
+        moment = None
+    if moment is None or len(raw) <= len("2025-01-31") or moment.tzinfo is None:
+        raise ApiError(400, "invalid_as_of",
+                       f"as_of must be a position ('3:42', or several: '0:15,3:42') or an RFC 3339 time with a "
+                       f"timezone ('2025-01-31T12:00:00Z'), got {raw!r}")
+    return AsOf(raw, ts=(moment - _EPOCH) // timedelta(milliseconds=1))
+
+
+def order_param(request: Request) -> str:
+    order = request.query_params.get("order", "newest")
+    if order not in ("newest", "oldest"):
+        raise ApiError(400, "invalid_order", f"order must be 'newest' or 'oldest', got {order!r}")
+    return order

@@ -1,0 +1,66 @@
+"""How far a projection has applied the log, per partition, and waiting until it has applied more.
+
+One tracker per projection the gateway reads (Redis, PostgreSQL); each keeps itself current from its
+store's announcements and a periodic poll. A read that carries a consistency token waits on them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+
+POLL_SECONDS = 0.5
+
+
+class PositionTracker:
+    def __init__(self) -> None:
+        self.applied: dict[int, int] = {}
+        # The highest offset ever seen applied per partition: what the store held before it lost data.
+        self.high_water: dict[int, int] = {}
+        self._changed = asyncio.Event()
+
+    def _set(self, updates: dict[int, int]) -> None:
+        changed = False
+        for partition, offset in updates.items():
+            if self.applied.get(partition) != offset:
+                self.applied[partition] = offset
+                self.high_water[partition] = max(offset, self.high_water.get(partition, -1))
+                changed = True
+        if changed:
+            self._changed.set()
+            self._changed = asyncio.Event()
+
+    def reached(self, positions: dict[int, int]) -> bool:
+        return all(self.applied.get(partition, -1) >= offset for partition, offset in positions.items())
+
+    async def wait_applied(self, positions: dict[int, int], timeout: float) -> bool:
+        return await first_reached([self], positions, timeout) is not None
+
+    async def _next_change(self) -> None:
+        await self._changed.wait()
+
+
+async def first_reached(
+    trackers: Sequence[PositionTracker], positions: dict[int, int], timeout: float
+) -> PositionTracker | None:
+    """The first of ``trackers`` (in order of preference) to have applied ``positions``, waiting at most
+    ``timeout`` seconds; None if none did."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for tracker in trackers:
+            if tracker.reached(positions):
+                return tracker
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        waits = [asyncio.ensure_future(tracker._next_change()) for tracker in trackers]
+        try:
+            await asyncio.wait(waits, timeout=min(remaining, POLL_SECONDS), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+            for wait in waits:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await wait
