@@ -20,6 +20,7 @@ from ams.settings import Settings
 from commands.envelope import PUT, Event, now_ms, uuid7
 from commands.keys import Position, check_key
 from commands.log import EventLog
+from commands.vectors import check_vector_value
 
 MAX_TTL_SECONDS = 10 * 365 * 86400
 MAX_IDEMPOTENCY_KEY = 200
@@ -129,6 +130,7 @@ async def put_value(request: Request) -> Response:
     conditions = _conditions(request)
     ttl_ms = _ttl_ms(request)
     value = await read_json(request, _context(request).settings.max_value_bytes)
+    await check_vector_value(request, principal.tenant, value)
     event = Event(PUT, principal.tenant, key, value, id=uuid7(), ts=now_ms(), actor=principal.subject,
                   ttl_ms=ttl_ms, **conditions)
     return await submit(request, event)

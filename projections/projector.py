@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from commands.envelope import MalformedEvent, decode
 from projections import metrics
@@ -42,6 +43,8 @@ class Projector:
     dead_letters: DeadLetters
     default_tenant: str
     checkpoints: dict[int, int] = field(default_factory=dict)
+    # Parses a record of a topic other than memory.events; raises MalformedEvent for poison.
+    decoder: Callable[[RawRecord], Any] | None = None
 
     async def load_checkpoints(self) -> dict[int, int]:
         self.checkpoints = await self._retrying("read checkpoints", self.sink.checkpoints)
@@ -68,8 +71,7 @@ class Projector:
         poison: list[DeadLetter] = []
         for record in fresh:
             try:
-                event = decode(record.value, record.headers, default_tenant=self.default_tenant,
-                               record_ts=record.timestamp_ms)
+                event = self._decode(record)
             except MalformedEvent as error:
                 poison.append(DeadLetter(partition, record.offset, record.value, record.headers, str(error)))
                 continue
@@ -80,6 +82,11 @@ class Projector:
                 metrics.DEAD_LETTERED.labels(self.sink.name).inc(len(poison))
             await self._apply(partition, events, fresh[-1].offset, expected)
         metrics.APPLIED.labels(self.sink.name).inc(len(events))
+
+    def _decode(self, record: RawRecord) -> Any:
+        if self.decoder is not None:
+            return self.decoder(record)
+        return decode(record.value, record.headers, default_tenant=self.default_tenant, record_ts=record.timestamp_ms)
 
     async def _apply(self, partition: int, events: list[Positioned], through: int, expected: int) -> None:
         try:

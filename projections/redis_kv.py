@@ -11,7 +11,7 @@ every other projection; readers never show them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -128,6 +128,7 @@ class RedisSink(ProjectionSink):
     ) -> list[Outcome | None]:
         kv_events = [item for item in events if item.event.type != STREAM_APPEND]
         records = await self._read_records(kv_events)
+        before = dict(records)
         outcomes: list[Outcome | None] = []
         rejected: list[tuple[int, Outcome]] = []
         touched: dict[Address, Record] = {}
@@ -142,6 +143,7 @@ class RedisSink(ProjectionSink):
                 records[address] = touched[address] = outcome.record
             else:
                 rejected.append((item.offset, outcome))
+        await self.before_commit(partition, through, before, touched)
         try:
             await self._script(
                 keys=[self.layout.checkpoint(partition)],
@@ -154,6 +156,15 @@ class RedisSink(ProjectionSink):
                 raise CheckpointMoved(partition, expected, int(message.split()[1])) from None
             raise
         return outcomes
+
+    async def before_commit(
+        self, partition: int, through: int, before: Mapping[Address, Record | None], after: Mapping[Address, Record]
+    ) -> None:
+        """Called with a batch's effect (each touched key's record before and after it) before it commits.
+
+        A sink that carries the effect further (the embedder) overrides it; what it does there must be
+        harmless to repeat, since a failed commit makes the batch run again.
+        """
 
     def _address(self, item: Positioned) -> Address:
         """The partition a key routes to is where readers look, whichever partition the event came in

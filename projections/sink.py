@@ -11,9 +11,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Generic, TypeVar
 
-from commands.envelope import Event
 from commands.fold import Outcome
 
 NO_CHECKPOINT = -1
@@ -22,11 +21,18 @@ NO_CHECKPOINT = -1
 TRANSIENT: tuple[type[BaseException], ...] = (ConnectionError, OSError, TimeoutError)
 
 
-@dataclass(frozen=True, slots=True)
-class Positioned:
-    """An event with the offset it has in its partition: its position, and the version it gives a key."""
+T = TypeVar("T")
 
-    event: Event
+
+@dataclass(frozen=True, slots=True)
+class Positioned(Generic[T]):
+    """An event with the offset it has in its partition: its position, and the version it gives a key.
+
+    The event is a `commands.envelope.Event` for sinks of ``memory.events``, and a
+    `projections.embeddings.EmbeddingOp` for sinks of ``memory.embeddings``.
+    """
+
+    event: T
     offset: int
 
 
@@ -43,6 +49,8 @@ class CheckpointMoved(RuntimeError):
 
 class ProjectionSink(ABC):
     name: ClassVar[str]
+    # The topic the sink reads: "events" (memory.events) or "embeddings" (memory.embeddings).
+    source: ClassVar[str] = "events"
     transient_errors: ClassVar[tuple[type[BaseException], ...]] = TRANSIENT
 
     async def start(self) -> None:  # noqa: B027 - optional hook

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import faust
 from faust.types import TP
@@ -33,7 +34,30 @@ def _redis_sink(settings: Settings) -> ProjectionSink:
     return RedisSink(settings.redis_url, RedisLayout(settings.redis_prefix), settings.partitions)
 
 
-SINKS: dict[str, Callable[[Settings], ProjectionSink]] = {"redis": _redis_sink}
+def _embedder_sink(settings: Settings) -> ProjectionSink:
+    from projections.embedder import EmbedderSink
+
+    return EmbedderSink(settings)
+
+
+def _milvus_sink(settings: Settings) -> ProjectionSink:
+    from projections.milvus_sink import MilvusSink
+
+    return MilvusSink(settings)
+
+
+SINKS: dict[str, Callable[[Settings], ProjectionSink]] = {
+    "redis": _redis_sink, "embedder": _embedder_sink, "milvus": _milvus_sink,
+}
+
+
+def _source(sink: ProjectionSink, settings: Settings) -> tuple[str, Callable[[RawRecord], Any] | None]:
+    """The topic a sink reads, and the decoder of its records (None: the event envelope)."""
+    if sink.source == "embeddings":
+        from projections.embeddings import decode_op
+
+        return settings.embeddings_topic, lambda record: decode_op(record.value)
+    return settings.events_topic, None
 
 
 def web_port(settings: Settings, name: str) -> int:
@@ -42,8 +66,9 @@ def web_port(settings: Settings, name: str) -> int:
 
 def build_app(name: str, settings: Settings) -> ProjectionApp:
     sink = SINKS[name](settings)
-    projector = Projector(sink, DeadLetters(settings.kafka_bootstrap, settings.dlq_topic, settings.events_topic),
-                          settings.default_tenant)
+    source_topic, decoder = _source(sink, settings)
+    projector = Projector(sink, DeadLetters(settings.kafka_bootstrap, settings.dlq_topic, source_topic),
+                          settings.default_tenant, decoder=decoder)
     app = ProjectionApp(
         f"ams-projection-{name}",
         broker=f"kafka://{settings.kafka_bootstrap}",
@@ -61,16 +86,16 @@ def build_app(name: str, settings: Settings) -> ProjectionApp:
         broker_heartbeat_interval=2,
         stream_buffer_maxsize=4 * BATCH_MAX,
     )
-    topic = app.topic(settings.events_topic, key_type=bytes, value_type=bytes, internal=False)
+    topic = app.topic(source_topic, key_type=bytes, value_type=bytes, internal=False)
     state: dict[str, set[int]] = {"assigned": set()}
 
     async def seek(offsets: dict[int, int]) -> None:
         for partition, offset in offsets.items():
-            await app.consumer.seek(TP(settings.events_topic, partition), offset)
+            await app.consumer.seek(TP(source_topic, partition), offset)
 
     @app.on_partitions_assigned.connect  # type: ignore[misc, arg-type]
     async def on_assigned(sender: faust.App, assigned: set[TP], **_: object) -> None:
-        ours = {tp.partition for tp in assigned if tp.topic == settings.events_topic}
+        ours = {tp.partition for tp in assigned if tp.topic == source_topic}
         state["assigned"] = ours
         await projector.load_checkpoints()
         await seek({partition: projector.resume_offset(partition) for partition in ours})
@@ -98,7 +123,7 @@ def build_app(name: str, settings: Settings) -> ProjectionApp:
     def lags() -> dict[int, int]:
         result = {}
         for partition in sorted(state["assigned"]):
-            highwater = app.consumer.highwater(TP(settings.events_topic, partition)) or 0
+            highwater = app.consumer.highwater(TP(source_topic, partition)) or 0
             result[partition] = max(0, highwater - projector.resume_offset(partition))
             metrics.LAG.labels(name, partition).set(result[partition])
         return result

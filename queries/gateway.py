@@ -22,7 +22,7 @@ from ams.settings import Settings
 from commands import http as command_http
 from commands.log import EventLog
 from projections.redis_layout import RedisLayout
-from queries import kv
+from queries import kv, vectors
 from queries.context import QueryContext, authorize, context
 from queries.positions import AppliedPositions
 
@@ -54,6 +54,7 @@ async def positions(request: Request) -> Response:
         "projections": {
             "redis": {str(partition): {"applied": offset, "lag": max(0, heads[partition] - 1 - offset)}
                       for partition, offset in applied.items()},
+            "vectors": vectors.services(request).positions(heads),
         },
         "log": {str(partition): head for partition, head in heads.items()},
     })
@@ -64,6 +65,7 @@ def create_app(settings: Settings) -> Starlette:
     layout = RedisLayout(settings.redis_prefix)
     verifier = TokenVerifier(settings)
     event_log = EventLog(settings.kafka_bootstrap, settings.events_topic)
+    vector_services = vectors.VectorServices(settings, redis_client)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -72,9 +74,12 @@ def create_app(settings: Settings) -> Starlette:
         await applied.start()
         app.state.queries = QueryContext(settings, redis_client, layout, applied, verifier, event_log.partitions)
         app.state.commands = command_http.CommandContext(settings, event_log, applied, verifier)
+        await vector_services.start()
+        app.state.vectors, app.state.vector_dimensions = vector_services, vector_services.dimensions
         try:
             yield
         finally:
+            await vector_services.stop()
             await applied.stop()
             await event_log.stop()
             await redis_client.aclose()
@@ -86,6 +91,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/v1/positions", positions),
         *command_http.routes,
         *kv.routes,
+        *vectors.routes,
     ]
     return Starlette(
         routes=routes,
