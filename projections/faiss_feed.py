@@ -15,7 +15,7 @@ import logging
 import time
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import Counter, Gauge
 
 from ams.settings import Settings
@@ -28,6 +28,7 @@ log = logging.getLogger("ams.vectors")
 
 POISON = Counter("ams_vector_view_poison_records", "memory.embeddings records the FAISS view could not parse")
 SNAPSHOTS = Counter("ams_vector_view_snapshots", "FAISS view snapshots written")
+RESTORED = Gauge("ams_vector_view_restored_keys", "Keys the FAISS view restored from its snapshot at start")
 LAG = Gauge("ams_vector_view_lag", "memory.embeddings records not yet applied by the FAISS view", ["partition"])
 FLUSH_CHUNK = 512
 
@@ -55,20 +56,16 @@ class FaissFeed:
         if self.path.exists():
             try:
                 self.view = await asyncio.to_thread(FaissView.load, self.path, index_params(self.settings))
+                RESTORED.set(sum(len(index.entries) for index in self.view.tenants.values()))
                 log.info("FAISS view restored from %s at %s", self.path, self.view.checkpoints)
             except (OSError, ValueError, KeyError) as error:
                 log.error("FAISS snapshot %s is unreadable (%r); rebuilding the view from %s", self.path, error,
                           self.settings.embeddings_topic)
+        topic = self.settings.embeddings_topic
+        partitions = await self._partitions(topic)
         self._consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False,
                                           isolation_level="read_committed", max_partition_fetch_bytes=8 << 20)
         await self._consumer.start()
-        topic = self.settings.embeddings_topic
-        partitions = self._consumer.partitions_for_topic(topic) or set()
-        if not partitions:
-            await self._consumer.topics()
-            partitions = self._consumer.partitions_for_topic(topic) or set()
-        if not partitions:
-            raise RuntimeError(f"topic {topic!r} does not exist; run `ams up` to create it")
         assigned = [TopicPartition(topic, partition) for partition in sorted(partitions)]
         self._consumer.assign(assigned)
         for tp in assigned:
@@ -78,6 +75,18 @@ class FaissFeed:
             else:
                 self._consumer.seek(tp, checkpoint + 1)
         self._task = asyncio.create_task(self._run())
+
+    async def _partitions(self, topic: str) -> set[int]:
+        # A producer's metadata lookup waits for the topic's partitions, which a consumer's does not.
+        producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap)
+        await producer.start()
+        try:
+            partitions = await producer.partitions_for(topic)
+        finally:
+            await producer.stop()
+        if not partitions:
+            raise RuntimeError(f"topic {topic!r} does not exist; run `ams up` to create it")
+        return set(partitions)
 
     async def stop(self) -> None:
         if self._task is not None:

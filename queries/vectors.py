@@ -64,7 +64,7 @@ class VectorServices:
         marks = self.feed.view.marks
         return {str(partition): {"applied": marks.get(partition, -1),
                                  "lag": max(0, head - 1 - marks.get(partition, -1))}
-                for partition, head in heads.items()}
+                for partition, head in sorted(heads.items())}
 
 
 def services(request: Request) -> VectorServices:
