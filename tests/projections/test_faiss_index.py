@@ -105,6 +105,8 @@ def test_deleted_rows_are_excluded_then_compacted_away() -> None:
     index = TenantIndex(16, "l2", SMALL)
     for row, vector in enumerate(data):
         index.apply(EmbeddingOp(UPSERT, "t", f"k{row}", row, vector, "l2", {"row": row}))
+    index.flush()
+    assert index.hnsw
     for row in range(0, 3_000, 2):
         index.apply(EmbeddingOp(DELETE, "t", f"k{row}", 10_000 + row))
     index.flush()
