@@ -54,8 +54,8 @@ class Condition:
 
     def milvus(self) -> str:
         field = "value" + "".join(f'["{name}"]' for name in self.path)
-        if self.op == "in":
-            return f"{field} in [{', '.join(_literal(item) for item in self.operand)}]"
+        if self.op == "in":  # as equalities: Milvus Lite takes `in` on columns only, not on JSON paths
+            return " or ".join(f"{field} == {_literal(item)}" for item in self.operand)
         return f"{field} {EQUALITY_OPS.get(self.op) or RANGE_OPS[self.op]} {_literal(self.operand)}"
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import redis.asyncio as aioredis
+from pymilvus.exceptions import MilvusException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -147,12 +148,16 @@ def _faiss_search(vectors: VectorServices, tenant: str, query: np.ndarray, k: in
 
 async def _milvus_search(vectors: VectorServices, tenant: str, query: np.ndarray, k: int,
                          conditions: list[Condition]) -> list[dict[str, Any]]:
-    store = await vectors.milvus()
-    shape = await asyncio.to_thread(store.tenant_shape, tenant)
-    if shape is None:
-        return []
-    _check_dimension(len(query), shape[0])
-    return await asyncio.to_thread(store.search, tenant, query, k, milvus_expression(conditions), now_ms())
+    try:
+        store = await vectors.milvus()
+        shape = await asyncio.to_thread(store.tenant_shape, tenant)
+        if shape is None:
+            return []
+        _check_dimension(len(query), shape[0])
+        return await asyncio.to_thread(store.search, tenant, query, k, milvus_expression(conditions), now_ms())
+    except MilvusException as error:
+        raise ApiError(503, "milvus_unavailable", f"the Milvus view at {vectors.settings.milvus_endpoint} failed "
+                       f"the search ({error}); retry, or search the FAISS view (\"backend\": \"faiss\")") from None
 
 
 def _check_dimension(given: int, dimension: int) -> None:

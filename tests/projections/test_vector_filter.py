@@ -39,4 +39,5 @@ def test_milvus_expressions_quote_every_operand() -> None:
     expression = milvus_expression(parse_filter({"kind": hostile, "score": {"gte": 0.5}, "tag": {"in": ["a", "b\\"]},
                                                  "ok": False}))
     assert expression == ('(value["kind"] == "x\\" or deleted == true or key != \\"") and '
-                          '(value["score"] >= 0.5) and (value["tag"] in ["a", "b\\\\"]) and (value["ok"] == false)')
+                          '(value["score"] >= 0.5) and (value["tag"] == "a" or value["tag"] == "b\\\\") and '
+                          '(value["ok"] == false)')
