@@ -11,6 +11,7 @@ pymilvus is synchronous: callers run these methods in a worker thread.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,10 @@ import numpy as np
 from pymilvus import DataType, MilvusClient
 
 from commands.vectors import Metric
+
+# Milvus Lite gives query iterators no server timestamp; each page then warns that the client's clock is
+# used instead, which is harmless for reading an inventory.
+logging.getLogger("pymilvus.client.iterator").setLevel(logging.ERROR)
 
 CHECKPOINTS = "ams_checkpoints"
 MILVUS_METRICS: dict[Metric, str] = {"cosine": "COSINE", "ip": "IP", "l2": "L2"}
