@@ -79,6 +79,7 @@ async def test_reindex_repairs_corrupted_views(
             ("faiss", "milvus")}
     for view in ("faiss", "milvus"):
         checked, missing, stale, orphaned = rows[view]
+        assert checked >= 6, run.stdout
         assert missing >= 1 and stale >= 1 and orphaned >= 1, run.stdout
 
     async with asyncio.timeout(30):
