@@ -12,10 +12,10 @@ there through a `DimensionSource` (a fixed dimension never changes, so it may be
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, cast
 
+import numpy as np
 import orjson
 from starlette.requests import Request
 
@@ -84,9 +84,11 @@ def extract_vector(value: Any, settings: Settings) -> list[float] | str | None:
     if len(embedding) > settings.vector_max_dim:
         raise InvalidVector(f"field {settings.vector_field!r} has {len(embedding)} dimensions; "
                             f"the limit is {settings.vector_max_dim}")
-    for number in embedding:
-        if isinstance(number, bool) or not isinstance(number, int | float) or not math.isfinite(number):
-            raise InvalidVector(f"field {settings.vector_field!r} must hold only finite numbers, found {number!r}")
+    if not all(type(number) is float or type(number) is int for number in embedding):  # bool is not int here
+        odd = next(number for number in embedding if type(number) is not float and type(number) is not int)
+        raise InvalidVector(f"field {settings.vector_field!r} must hold only numbers, found {odd!r}")
+    if not np.isfinite(np.asarray(embedding, dtype=np.float64)).all():
+        raise InvalidVector(f"field {settings.vector_field!r} must hold only finite numbers")
     return embedding
 
 

@@ -66,6 +66,7 @@ class TenantIndex:
         self.vectors = np.empty((1024, dim), dtype=np.float32)
         self.alive = np.zeros(1024, dtype=bool)
         self.count = 0
+        self.dead = 0  # rows no key points to any more
         self.entries: dict[str, Entry] = {}
         self.row_keys: list[str] = []
         self.expiring: set[str] = set()  # keys whose vector has an expiry
@@ -75,7 +76,7 @@ class TenantIndex:
 
     @property
     def live(self) -> int:
-        return int(self.alive[:self.count].sum())
+        return self.count - self.dead
 
     def _new_index(self, hnsw: bool) -> faiss.Index:
         faiss_metric = faiss.METRIC_L2 if self.metric == "l2" else faiss.METRIC_INNER_PRODUCT
@@ -101,6 +102,7 @@ class TenantIndex:
             return False
         if entry is not None and entry.row is not None:
             self.alive[entry.row] = False
+            self.dead += 1
         self.expiring.discard(op.key)
         if op.op == UPSERT and op.vector is not None:
             self.entries[op.key] = Entry(op.version, self._append(op.key, op.vector), op.value, op.expires_at)
@@ -146,7 +148,7 @@ class TenantIndex:
         self.vectors[:len(rows)] = vectors
         self.alive = np.zeros(len(self.vectors), dtype=bool)
         self.alive[:len(rows)] = True
-        self.count, self.row_keys = len(rows), keys
+        self.count, self.row_keys, self.dead = len(rows), keys, 0
         for row, key in enumerate(keys):
             self.entries[key].row = row
         self.index = self._new_index(self.hnsw)
@@ -157,6 +159,11 @@ class TenantIndex:
                keep: Callable[[Any], bool] | None = None) -> list[Hit]:
         """The ``k`` best live rows for ``query`` (whose value passes ``keep``), best first."""
         query = self.prepare(query)
+        if not self._added:
+            return []
+        if keep is None and not self.expiring and self.dead == 0:  # the common case: every row is live
+            params = _search_parameters(self.hnsw, max(self.params.ef_search, k), None, self._added)
+            return self._hits(self.index.search(query, min(k, self._added), params=params))
         mask = self.alive[:self._added].copy()
         for key in self.expiring:
             entry = self.entries[key]
@@ -173,7 +180,10 @@ class TenantIndex:
         k = min(k, int(mask.sum()))
         bits = None if mask.all() else np.packbits(mask, bitorder="little")
         params = _search_parameters(self.hnsw, max(self.params.ef_search, k), bits, len(mask))
-        distances, labels = self.index.search(query, k, params=params)
+        return self._hits(self.index.search(query, k, params=params))
+
+    def _hits(self, answer: tuple[np.ndarray, np.ndarray]) -> list[Hit]:
+        distances, labels = answer
         return [self._hit(int(row), float(distance)) for distance, row in zip(distances[0], labels[0], strict=True)
                 if row >= 0]
 

@@ -104,6 +104,7 @@ class FaissView:
                 index.vectors[:index.count] = vectors
                 index.alive = np.zeros(len(index.vectors), dtype=bool)
                 index.alive[:index.count] = archive[f"t{number}_alive"]
+                index.dead = index.count - int(index.alive.sum())
                 index.index = faiss.deserialize_index(archive[f"t{number}_index"])
                 index.hnsw = bool(tenant["hnsw"])
                 if index.hnsw:
