@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -40,8 +41,14 @@ async def append_event(settings: Settings, event: Event) -> str:
 
 
 async def search(api: httpx.AsyncClient, token: str | None = None, **body: Any) -> list[dict[str, Any]]:
+    """Search; with a token, wait for the view (vectors are near-real-time: a slow view may need more than
+    one bounded wait of the gateway, so a consistency timeout is retried for up to a minute)."""
     headers = {"X-AMS-Min-Position": token} if token else {}
-    response = await api.post("/v1/vector/search", json=body, headers=headers)
+    async with asyncio.timeout(60):
+        while True:
+            response = await api.post("/v1/vector/search", json=body, headers=headers)
+            if response.status_code != 504:
+                break
     assert response.status_code == 200, response.text
     results: list[dict[str, Any]] = response.json()
     return results

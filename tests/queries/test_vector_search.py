@@ -144,7 +144,7 @@ async def test_a_wrong_dimension_is_a_422_that_appends_nothing(settings: Setting
     ([1, 0, 0], 400, "invalid_query"),
 ])
 async def test_bad_searches_are_clear_4xx_errors(api: httpx.AsyncClient, body: object, status: int, code: str) -> None:
-    await put_all(api, {"anchor": {"embedding": [1, 0, 0]}})
+    await search(api, await put_all(api, {"anchor": {"embedding": [1, 0, 0]}}), embedding=[1, 0, 0])
     response = await api.post("/v1/vector/search", json=body)
     assert response.status_code == status, response.text
     assert response.json()["error"]["code"] == code
