@@ -40,9 +40,15 @@ class Principal:
             raise Forbidden(f"this request needs the scope {scope!r}; the token has {sorted(self.scopes) or 'none'}")
 
 
+# Verified tokens are remembered until they expire (a signature check costs more than a vector search):
+# a token that verified once verifies the same way until its `exp`.
+VERIFIED_CACHE_SIZE = 4096
+
+
 class TokenVerifier:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._verified: dict[str, tuple[Principal, float]] = {}
 
     @cached_property
     def _jwks(self) -> jwt.PyJWKClient | None:
@@ -64,10 +70,22 @@ class TokenVerifier:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("the Authorization header must be 'Bearer <token>'")
+        token = token.strip()
+        cached = self._verified.get(token)
+        if cached is not None and time.time() < cached[1]:
+            return cached[0]
+        principal, expires = self._decode(token)
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            self._verified.pop(next(iter(self._verified)))
+        self._verified[token] = (principal, expires)
+        return principal
+
+    def _decode(self, token: str) -> tuple[Principal, float]:
+        """The token's principal and expiry; raises Unauthorized."""
         try:
             claims = jwt.decode(
-                token.strip(),
-                self._key(token.strip()),  # type: ignore[arg-type]
+                token,
+                self._key(token),  # type: ignore[arg-type]
                 algorithms=list(self.settings.jwt_algorithms),
                 audience=self.settings.jwt_audience,
                 issuer=self.settings.jwt_issuer,
@@ -84,7 +102,7 @@ class TokenVerifier:
             raise Unauthorized(f"invalid token: {error}") from None
         raw_scopes = claims.get("scope", claims.get("scp", ""))
         scopes = raw_scopes.split() if isinstance(raw_scopes, str) else list(raw_scopes or [])
-        return Principal(tenant, str(claims["sub"]), frozenset(str(scope) for scope in scopes))
+        return Principal(tenant, str(claims["sub"]), frozenset(str(scope) for scope in scopes)), float(claims["exp"])
 
 
 def issue_dev_token(
