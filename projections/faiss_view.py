@@ -20,7 +20,7 @@ import numpy as np
 import orjson
 
 from commands.vectors import Metric
-from projections.embeddings import MARK, UPSERT, EmbeddingOp
+from projections.embeddings import UPSERT, EmbeddingOp
 from projections.faiss_index import Entry, IndexParams, TenantIndex
 
 log = logging.getLogger("ams.vectors")
@@ -36,18 +36,13 @@ class FaissView:
         self.marks: dict[int, int] = {}  # memory.events partition -> processed by the embedder through
 
     def apply(self, op: EmbeddingOp) -> str | None:
-        """Apply one operation; returns the tenant it changed, if any."""
-        if op.op == MARK:
-            self.marks[op.partition] = max(op.through, self.marks.get(op.partition, -1))
-            return None
+        """Apply an upsert or a delete; returns the tenant it changed, if any. (Marks are the feed's: it
+        publishes them once their batch is searchable.)"""
         index = self.tenants.get(op.tenant)
         if index is None:
             if op.op != UPSERT or op.vector is None:
-                index = None
-            else:
-                index = self.tenants[op.tenant] = TenantIndex(len(op.vector), op.metric, self.params)
-        if index is None:
-            return None
+                return None  # a delete for a tenant this view has no vectors of
+            index = self.tenants[op.tenant] = TenantIndex(len(op.vector), op.metric, self.params)
         if op.vector is not None and len(op.vector) != index.dim:
             log.error("tenant %s key %r version %d: a %d-dimensional vector does not fit the tenant's %d; skipped",
                       op.tenant, op.key, op.version, len(op.vector), index.dim)

@@ -77,11 +77,11 @@ class MilvusSink(ProjectionSink):
         self.store.write_checkpoint(partition, through, max([mark, *marks]))
 
     def _apply_tenant(self, tenant: str, ops: list[EmbeddingOp]) -> None:
-        upserts = [op for op in ops if op.op == UPSERT and op.vector is not None]
+        vectors = [(op.vector, op.metric) for op in ops if op.op == UPSERT and op.vector is not None]
         if self.store.tenant_shape(tenant) is None:
-            if not upserts:
+            if not vectors:
                 return  # deletes of a tenant that has no vectors here: nothing to do
-            self.store.ensure_tenant(tenant, len(upserts[0].vector), upserts[0].metric)  # type: ignore[arg-type]
+            self.store.ensure_tenant(tenant, len(vectors[0][0]), vectors[0][1])
         current = self.store.versions(tenant, [op.key for op in ops])
         rows = []
         for op in ops:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from projections.embeddings import DELETE, MARK, UPSERT, EmbeddingOp
+from projections.embeddings import DELETE, UPSERT, EmbeddingOp
 from projections.faiss_index import IndexParams, TenantIndex
 from projections.faiss_view import FaissView
 from projections.vector_filter import matches_all, parse_filter
@@ -138,8 +138,7 @@ def test_a_snapshot_round_trips_the_view_with_its_checkpoint(tmp_path: Path) -> 
                                expires_at=5_000 if row == 7 else None))
     view.apply(EmbeddingOp(DELETE, "big", "k3", 900))
     view.apply(EmbeddingOp(UPSERT, "small", "only", 1, np.ones(3, dtype=np.float32), "ip", {"x": 1}))
-    view.apply(EmbeddingOp(MARK, partition=2, through=41))
-    view.checkpoints = {0: 10, 2: 7}
+    view.checkpoints, view.marks = {0: 10, 2: 7}, {2: 41}
     path = tmp_path / "view.npz"
     view.save(path)
     loaded = FaissView.load(path, SMALL)
