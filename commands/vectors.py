@@ -92,8 +92,15 @@ def extract_vector(value: Any, settings: Settings) -> list[float] | str | None:
     return embedding
 
 
+class DimensionUnavailable(RuntimeError):
+    """The tenant's dimension cannot be learned right now (its store is unreachable)."""
+
+
 class DimensionSource(Protocol):
-    """Where the command side learns a tenant's fixed dimension (None: not fixed yet)."""
+    """Where the command side learns a tenant's fixed dimension (None: not fixed yet).
+
+    Raises DimensionUnavailable when it cannot tell.
+    """
 
     async def dimension(self, tenant: str) -> int | None: ...
 
@@ -108,7 +115,10 @@ async def check_vector_value(request: Request, tenant: str, value: Any) -> None:
     if not isinstance(vector, list):
         return
     source: DimensionSource = request.app.state.vector_dimensions
-    dimension = await source.dimension(tenant)
+    try:
+        dimension = await source.dimension(tenant)
+    except DimensionUnavailable as error:
+        raise ApiError(503, "vector_dimension_unavailable", f"{error}; nothing was written, retry the write") from None
     if dimension is not None and len(vector) != dimension:
         raise ApiError(422, "wrong_dimension",
                        f"field {settings.vector_field!r} has {len(vector)} dimensions; this tenant's vectors have "

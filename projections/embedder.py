@@ -26,11 +26,12 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter
+from redis.exceptions import RedisError
 
 from ams.settings import Settings
 from commands.fold import Record
 from commands.keys import kafka_key, partition_for
-from commands.vectors import InvalidVector, VectorSpec, extract_vector, spec_for, tenant_specs
+from commands.vectors import DimensionUnavailable, InvalidVector, VectorSpec, extract_vector, spec_for, tenant_specs
 from projections.embeddings import DELETE, MARK, UPSERT, EmbeddingOp, encode_op
 from projections.redis_kv import Address, RedisSink
 from projections.redis_layout import RedisLayout
@@ -57,6 +58,7 @@ class TenantDimensions:
         self.specs = tenant_specs(settings)
         self.key = f"{embedder_prefix(settings)}:dims"
         self._known: dict[str, int] = {}
+        self._lookups: dict[str, asyncio.Future[int | None]] = {}
 
     def spec(self, tenant: str) -> VectorSpec:
         return spec_for(self.settings, self.specs, tenant)
@@ -65,10 +67,23 @@ class TenantDimensions:
         configured = self.spec(tenant).dim
         if configured is not None:
             return configured
-        if tenant not in self._known:
+        if tenant in self._known:
+            return self._known[tenant]
+        # One lookup per tenant at a time, whatever the number of concurrent writes waiting for it.
+        lookup = self._lookups.get(tenant)
+        if lookup is None:
+            lookup = self._lookups[tenant] = asyncio.ensure_future(self._lookup(tenant))
+            lookup.add_done_callback(lambda _: self._lookups.pop(tenant, None))
+        return await asyncio.shield(lookup)
+
+    async def _lookup(self, tenant: str) -> int | None:
+        try:
             raw = await self.client.hget(self.key, tenant)
-            if raw is not None:
-                self._known[tenant] = int(raw)
+        except RedisError as error:
+            message = f"the tenant's vector dimension could not be read from Redis ({error})"
+            raise DimensionUnavailable(message) from None
+        if raw is not None:
+            self._known[tenant] = int(raw)
         return self._known.get(tenant)
 
     async def fix(self, proposals: Mapping[str, int]) -> dict[str, int]:

@@ -24,10 +24,10 @@ from ams.http import ApiError, json_response, read_json
 from ams.settings import Settings
 from commands.envelope import now_ms
 from commands.keys import parse_positions
-from commands.vectors import InvalidVector, extract_vector
+from commands.vectors import DimensionUnavailable, InvalidVector, extract_vector
 from projections.embedder import TenantDimensions
 from projections.faiss_feed import FaissFeed
-from projections.milvus_store import MilvusStore
+from projections.milvus_store import CollectionReleased, MilvusStore
 from projections.text_embedder import INSTALL_HINT, TextEmbedderUnavailable, text_embedder
 from projections.vector_filter import Condition, InvalidFilter, matches_all, milvus_expression, parse_filter
 from queries.context import authorize, context
@@ -126,7 +126,11 @@ async def _wait(request: Request, vectors: VectorServices, backend: str) -> None
 async def _wait_milvus(store: MilvusStore, positions: dict[int, int], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while True:
-        marks = {partition: mark for partition, (_, mark) in (await asyncio.to_thread(store.checkpoints)).items()}
+        try:
+            checkpoints = await asyncio.to_thread(store.checkpoints)
+        except CollectionReleased:
+            checkpoints = {}  # loaded again on the next poll
+        marks = {partition: mark for partition, (_, mark) in checkpoints.items()}
         if all(marks.get(partition, -1) >= offset for partition, offset in positions.items()):
             return True
         if time.monotonic() >= deadline:
@@ -149,15 +153,23 @@ def _faiss_search(vectors: VectorServices, tenant: str, query: np.ndarray, k: in
 async def _milvus_search(vectors: VectorServices, tenant: str, query: np.ndarray, k: int,
                          conditions: list[Condition]) -> list[dict[str, Any]]:
     try:
-        store = await vectors.milvus()
-        shape = await asyncio.to_thread(store.tenant_shape, tenant)
-        if shape is None:
-            return []
-        _check_dimension(len(query), shape[0])
-        return await asyncio.to_thread(store.search, tenant, query, k, milvus_expression(conditions), now_ms())
-    except MilvusException as error:
+        try:
+            return await _milvus_attempt(vectors, tenant, query, k, conditions)
+        except CollectionReleased:  # Milvus restarted: the second attempt loads the collection again
+            return await _milvus_attempt(vectors, tenant, query, k, conditions)
+    except (MilvusException, ConnectionError) as error:
         raise ApiError(503, "milvus_unavailable", f"the Milvus view at {vectors.settings.milvus_endpoint} failed "
-                       f"the search ({error}); retry, or search the FAISS view (\"backend\": \"faiss\")") from None
+                       f'the search ({error}); retry, or search the FAISS view ("backend": "faiss")') from None
+
+
+async def _milvus_attempt(vectors: VectorServices, tenant: str, query: np.ndarray, k: int,
+                          conditions: list[Condition]) -> list[dict[str, Any]]:
+    store = await vectors.milvus()
+    shape = await asyncio.to_thread(store.tenant_shape, tenant)
+    if shape is None:
+        return []
+    _check_dimension(len(query), shape[0])
+    return await asyncio.to_thread(store.search, tenant, query, k, milvus_expression(conditions), now_ms())
 
 
 def _check_dimension(given: int, dimension: int) -> None:
@@ -185,7 +197,10 @@ async def search(request: Request) -> Response:
     except InvalidFilter as error:
         raise ApiError(400, "invalid_filter", str(error)) from None
     query = await _query_vector(body, settings)
-    dimension = await vectors.dimensions.dimension(principal.tenant)
+    try:
+        dimension = await vectors.dimensions.dimension(principal.tenant)
+    except DimensionUnavailable as error:
+        raise ApiError(503, "vector_dimension_unavailable", f"{error}; retry the search") from None
     if dimension is not None:
         _check_dimension(len(query), dimension)
     await _wait(request, vectors, backend)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import signal
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -14,11 +17,13 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from ams.settings import Settings, get_settings
 from commands.envelope import DELETE, PATCH, PUT, Event, now_ms
 from commands.keys import kafka_key, partition_for
+from compose.local import LocalStack, services
 from projections.embedder import EmbedderSink
 from projections.embeddings import MARK, decode_op
 from projections.sink import Positioned, ProjectionSink
 from tests.projections.sink_contract import SinkContract
-from tests.support import read_topic
+from tests.support import fold_log_for, read_topic
+from tests.vector_support import merge_tokens, search
 
 pytestmark = pytest.mark.stack
 
@@ -97,3 +102,28 @@ async def test_the_embedder_emits_each_keys_final_vector_state(embeddings_topic:
     ]
     assert [(op.partition, op.through) for op in ours if op.op == MARK] == [(partition, 7), (partition, 11)]
     assert await sink.dimensions.dimension(tenant) == 3
+
+
+async def test_killing_the_embedder_mid_stream_loses_nothing_and_repeats_harmlessly(
+    stack: LocalStack, settings: Settings, api: httpx.AsyncClient, tenant: str
+) -> None:
+    async def write(i: int) -> str:
+        response = await api.put(f"/v1/kv/item-{i % 30}", json={"embedding": [1.0, i / 300], "i": i},
+                                 headers={"Prefer": "respond-async"})
+        assert response.status_code == 202, response.text
+        return str(response.json()["position"])
+
+    first = await asyncio.gather(*(write(i) for i in range(150)))
+    stack.process("projector-embedder").send_signal(signal.SIGKILL)  # some batches emitted but not committed
+    second = await asyncio.gather(*(write(i) for i in range(150, 300)))
+    embedder = next(component for component in services(settings) if component.name == "projector-embedder")
+    await asyncio.to_thread(stack.ensure, embedder)
+
+    expected = {key: record for key, record in (await fold_log_for(settings, tenant)).items() if record is not None}
+    assert len(expected) == 30
+    for backend in ("faiss", "milvus"):
+        found = await search(api, merge_tokens(*first, *second), embedding=[1.0, 0.5], k=100, backend=backend)
+        assert {result["key"]: result["version"] for result in found} == {
+            key: record.version for key, record in expected.items()}, backend
+        assert {result["key"]: result["value"]["i"] for result in found} == {
+            key: record.value["i"] for key, record in expected.items()}, backend

@@ -50,3 +50,18 @@ async def test_a_restart_restores_the_snapshot_then_applies_the_log_tail(
     found = await search(api, merge_tokens(before, *tail), embedding=[1.0, 0.0], k=10)
     assert {result["key"] for result in found} == {"old/1", "old/2", "old/3", "old/4", "new"}
     assert found[0]["key"] == "old/1"
+
+
+async def test_the_milvus_view_survives_a_milvus_lite_restart(
+    stack: LocalStack, settings: Settings, api: httpx.AsyncClient
+) -> None:
+    """The local stack's Milvus Lite (the default): it comes back with its collections released."""
+    before = await put_all(api, {"kept": {"embedding": [1.0, 0.0]}})
+    await search(api, before, embedding=[1.0, 0.0], k=1, backend="milvus")
+    milvus = next(component for component in stack.components() if component.name == "milvus-lite")
+    await asyncio.to_thread(stack.process(milvus.name).stop, signum=milvus.stop_signal)
+    await asyncio.to_thread(stack.ensure, milvus)
+
+    after = await put_all(api, {"added": {"embedding": [0.9, 0.1]}})
+    found = await search(api, merge_tokens(before, after), embedding=[1.0, 0.0], k=5, backend="milvus")
+    assert [result["key"] for result in found] == ["kept", "added"]
