@@ -68,12 +68,7 @@ class FaissFeed:
         await self._consumer.start()
         assigned = [TopicPartition(topic, partition) for partition in sorted(partitions)]
         self._consumer.assign(assigned)
-        for tp in assigned:
-            checkpoint = self.view.checkpoints.get(tp.partition)
-            if checkpoint is None:
-                await self._consumer.seek_to_beginning(tp)
-            else:
-                self._consumer.seek(tp, checkpoint + 1)
+        await self._rewind()
         self._task = asyncio.create_task(self._run())
 
     async def _partitions(self, topic: str) -> set[int]:
@@ -117,8 +112,20 @@ class FaissFeed:
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # noqa: BLE001 - keep the view alive through broker restarts
-                log.warning("FAISS view: reading %s failed (%r); retrying", self.settings.embeddings_topic, error)
+                log.warning("FAISS view: reading or applying %s failed (%r); re-reading from its checkpoint",
+                            self.settings.embeddings_topic, error)
                 await asyncio.sleep(1)
+                await self._rewind()
+
+    async def _rewind(self) -> None:
+        """Seek every partition to checkpoint + 1 (re-applying is harmless: versions decide)."""
+        assert self._consumer is not None
+        for tp in self._consumer.assignment():
+            checkpoint = self.view.checkpoints.get(tp.partition)
+            if checkpoint is None:
+                await self._consumer.seek_to_beginning(tp)
+            else:
+                self._consumer.seek(tp, checkpoint + 1)
 
     async def _apply(self, batch: dict[TopicPartition, list]) -> None:  # type: ignore[type-arg]
         touched: set[str] = set()

@@ -212,13 +212,13 @@ async def search(request: Request) -> Response:
 
 
 async def inventory(request: Request) -> Response:
-    """The version of each of the caller tenant's keys that has a live vector, per view (for `ams reindex`)."""
+    """The version of each of the caller tenant's keys that has a live vector in this gateway's FAISS view
+    (for `ams reindex`)."""
     principal = authorize(request, ADMIN)
     vectors = services(request)
     index = vectors.feed.view.tenants.get(principal.tenant)
     keys = index.inventory(now_ms()) if index is not None else {}
-    return json_response({"tenant": principal.tenant, "view": "faiss", "keys": keys,
-                          "marks": {str(p): mark for p, mark in vectors.feed.view.marks.items()}})
+    return json_response({"tenant": principal.tenant, "view": "faiss", "keys": keys})
 
 
 routes = [
