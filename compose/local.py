@@ -19,7 +19,7 @@ from compose import kafka, postgres, readiness, redis_server
 from compose.process import ManagedProcess
 from compose.system import ensure_packages
 
-PROJECTIONS = ("redis", "postgres")
+PROJECTIONS = ("redis", "postgres", "embedder", "milvus")
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,17 @@ def _ams_process(argv: list[str]) -> Callable[[Settings, ManagedProcess], None]:
     return start
 
 
+def _milvus_lite(settings: Settings, process: ManagedProcess) -> None:
+    """Milvus Lite locks its data to one process, so `ams up` serves it to the worker and the gateways."""
+    process.start([sys.executable, "-m", "milvus_lite", "server", "--data-dir", settings.milvus_uri,
+                   "--host", "127.0.0.1", "--port", str(settings.milvus_port)])
+
+
 def infrastructure(settings: Settings) -> list[Component]:
+    milvus = [
+        Component("milvus-lite", settings.milvus_endpoint, _milvus_lite, partial(readiness.milvus_list, settings),
+                  stop_signal=signal.SIGINT)  # its graceful shutdown
+    ] if settings.milvus_is_lite else []
     return [
         Component(
             "kafka", settings.kafka_bootstrap, kafka.start, partial(readiness.kafka_round_trip, settings)
@@ -52,6 +62,7 @@ def infrastructure(settings: Settings) -> list[Component]:
             partial(readiness.postgres_select, settings),
             stop_signal=signal.SIGINT,  # PostgreSQL's "fast" shutdown
         ),
+        *milvus,
     ]
 
 

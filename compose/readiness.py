@@ -20,13 +20,18 @@ READINESS_TOPIC = "ams.readiness"
 
 
 async def kafka_topics(settings: Settings) -> None:
-    """Create the event log and the dead-letter topic (idempotent). The log keeps events forever."""
+    """Create the event log, the embeddings stream and the dead-letter topic (idempotent).
+
+    ``memory.embeddings`` has the log's partition count (a key's operations land in the partition of
+    its events) and is kept forever too: vector views are rebuilt from it without re-embedding.
+    """
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
         forever = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
         topics = [
             NewTopic(settings.events_topic, settings.partitions, 1, topic_configs=forever),
+            NewTopic(settings.embeddings_topic, settings.partitions, 1, topic_configs=forever),
             NewTopic(settings.dlq_topic, 1, 1, topic_configs=forever),
             NewTopic(READINESS_TOPIC, 1, 1, topic_configs={"retention.ms": "3600000"}),
             # The registry of sandboxes: one record per sandbox, the newest wins (see replay/sandboxes.py).
@@ -85,6 +90,20 @@ async def postgres_select(settings: Settings) -> None:
             await connection.execute(f'CREATE DATABASE "{postgres.DATABASE}"')
     finally:
         await connection.close()
+
+
+async def milvus_list(settings: Settings) -> None:
+    """The Milvus endpoint answers a request (listing collections)."""
+    from pymilvus import MilvusClient
+
+    def probe() -> None:
+        client = MilvusClient(uri=settings.milvus_endpoint, timeout=5)
+        try:
+            client.list_collections()
+        finally:
+            client.close()
+
+    await asyncio.to_thread(probe)
 
 
 async def http_ok(url: str) -> None:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import ConsumerRecord
 
@@ -65,6 +65,8 @@ class Projector:
     # How logs and metrics name this projection: the sink's name, plus the sandbox it projects, if any.
     label: str = ""
     checkpoints: dict[int, int] = field(default_factory=dict)
+    # Parses a record of a topic other than memory.events; raises MalformedEvent for poison.
+    decoder: Callable[[RawRecord], Any] | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
@@ -156,18 +158,23 @@ class Projector:
         poison: list[DeadLetter] = []
         for record in fresh:
             try:
-                event = decode(record.value, record.headers, default_tenant=self.default_tenant,
-                               record_ts=record.timestamp_ms)
+                event = self._decode(record)
             except MalformedEvent as error:
                 poison.append(DeadLetter(partition, record.offset, record.value, record.headers, str(error)))
                 continue
-            routed = record.key == record_key(event)
+            # An envelope event whose Kafka key is its own tenant and key sits where that key routes.
+            routed = self.decoder is None and record.key == record_key(event)
             events.append(Positioned(event, record.offset, routed))
         with metrics.BATCH_SECONDS.labels(self.label).time():
             if poison:
                 await self._retrying("dead-letter poison records", self.dead_letters.send, poison, self.label)
                 metrics.DEAD_LETTERED.labels(self.label).inc(len(poison))
             await self._apply(partition, events, fresh[-1].offset, expected)
+
+    def _decode(self, record: RawRecord) -> Any:
+        if self.decoder is not None:
+            return self.decoder(record)
+        return decode(record.value, record.headers, default_tenant=self.default_tenant, record_ts=record.timestamp_ms)
 
     async def _apply(self, partition: int, events: list[Positioned], through: int, expected: int) -> None:
         try:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import orjson
 import redis.asyncio as aioredis
@@ -215,6 +215,7 @@ class RedisSink(ProjectionSink):
     ) -> list[Outcome | None]:
         kv_events = [item for item in events if item.event.type != STREAM_APPEND]
         records = await self._read_records(partition, kv_events)
+        before = dict(records)
         outcomes: list[Outcome | None] = []
         rejected: list[tuple[int, Outcome]] = []
         touched: dict[Address, Record] = {}
@@ -229,6 +230,7 @@ class RedisSink(ProjectionSink):
                 records[address] = touched[address] = outcome.record
             else:
                 rejected.append((item.offset, outcome))
+        await self.before_commit(partition, through, before, touched)
         layout = self.layout_of(partition)
         try:
             await self._script(
@@ -264,6 +266,15 @@ class RedisSink(ProjectionSink):
             log.warning("partition %d through offset %d: %d of %d Redis replicas acknowledged within %d ms; "
                         "a failover now could lose this batch from the hot state until it is replayed",
                         partition, through, acknowledged, self.wait_replicas, self.wait_timeout_ms)
+
+    async def before_commit(
+        self, partition: int, through: int, before: Mapping[Address, Record | None], after: Mapping[Address, Record]
+    ) -> None:
+        """Called with a batch's effect (each touched key's record before and after it) before it commits.
+
+        A sink that carries the effect further (the embedder) overrides it; what it does there must be
+        harmless to repeat, since a failed commit makes the batch run again.
+        """
 
     def _address(self, partition: int, item: Positioned) -> Address:
         """The partition a key routes to is where readers look, whichever partition the event came in

@@ -11,9 +11,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Generic, TypeVar
 
-from commands.envelope import Event
 from commands.fold import Outcome
 
 NO_CHECKPOINT = -1
@@ -22,11 +21,18 @@ NO_CHECKPOINT = -1
 TRANSIENT: tuple[type[BaseException], ...] = (ConnectionError, OSError, TimeoutError)
 
 
-@dataclass(frozen=True, slots=True)
-class Positioned:
-    """An event with the offset it has in its partition: its position, and the version it gives a key."""
+T = TypeVar("T")
 
-    event: Event
+
+@dataclass(frozen=True, slots=True)
+class Positioned(Generic[T]):
+    """An event with the offset it has in its partition: its position, and the version it gives a key.
+
+    The event is a `commands.envelope.Event` for sinks of ``memory.events``, and a
+    `projections.embeddings.EmbeddingOp` for sinks of ``memory.embeddings``.
+    """
+
+    event: T
     offset: int
     routed: bool = False  # known to be in the partition its tenant and key route to (else it is computed)
 
@@ -44,6 +50,8 @@ class CheckpointMoved(RuntimeError):
 
 class ProjectionSink(ABC):
     name: ClassVar[str]
+    # The topic the sink reads: "events" (memory.events) or "embeddings" (memory.embeddings).
+    source: ClassVar[str] = "events"
     transient_errors: ClassVar[tuple[type[BaseException], ...]] = TRANSIENT
 
     async def start(self) -> None:  # noqa: B027 - optional hook
@@ -52,9 +60,11 @@ class ProjectionSink(ABC):
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
-    @abstractmethod
     async def drop(self) -> int:
-        """Remove every trace of this sink's namespace (a dropped sandbox); returns how many things went."""
+        """Remove every trace of this sink's namespace (a dropped sandbox); returns how many things went.
+
+        Only the projections that project sandboxes (`projections.worker.SANDBOXED`) implement it."""
+        raise TypeError(f"the {self.name} projection does not project sandboxes, so it has nothing to drop")
 
     @abstractmethod
     async def checkpoints(self) -> dict[int, int]:

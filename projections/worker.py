@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import faust
 from faust.types import TP
@@ -49,8 +50,34 @@ def _postgres_sink(settings: Settings, namespace: Namespace) -> ProjectionSink:
     return PostgresSink(settings.postgres_dsn, namespace.postgres_schema, settings.partitions)
 
 
+def _embedder_sink(settings: Settings, namespace: Namespace) -> ProjectionSink:
+    from projections.embedder import EmbedderSink
+
+    return EmbedderSink(settings)
+
+
+def _milvus_sink(settings: Settings, namespace: Namespace) -> ProjectionSink:
+    from projections.milvus_sink import MilvusSink
+
+    return MilvusSink(settings)
+
+
 # Each projection's sink, made for a namespace (the live one, or a sandbox's).
-SINKS: dict[str, Callable[[Settings, Namespace], ProjectionSink]] = {"redis": _redis_sink, "postgres": _postgres_sink}
+SINKS: dict[str, Callable[[Settings, Namespace], ProjectionSink]] = {
+    "redis": _redis_sink, "postgres": _postgres_sink, "embedder": _embedder_sink, "milvus": _milvus_sink,
+}
+# The projections that also project sandboxes. The vector views do not (yet): a sandbox's embedder would
+# emit into the live embeddings topic.
+SANDBOXED = ("redis", "postgres")
+
+
+def _source(sink: ProjectionSink, settings: Settings) -> tuple[str, Callable[[RawRecord], Any] | None]:
+    """The topic a sink reads, and the decoder of its records (None: the event envelope)."""
+    if sink.source == "embeddings":
+        from projections.embeddings import decode_op
+
+        return settings.embeddings_topic, lambda record: decode_op(record.value)
+    return settings.events_topic, None
 
 
 def web_port(settings: Settings, name: str) -> int:
@@ -60,8 +87,10 @@ def web_port(settings: Settings, name: str) -> int:
 def build_app(name: str, settings: Settings) -> ProjectionApp:
     make_sink = SINKS[name]
     sink = make_sink(settings, live(settings))
-    projector = Projector(sink, DeadLetters(settings.kafka_bootstrap, settings.dlq_topic, settings.events_topic),
-                          settings.default_tenant, PartitionReader(settings.kafka_bootstrap, settings.events_topic))
+    source_topic, decoder = _source(sink, settings)
+    projector = Projector(sink, DeadLetters(settings.kafka_bootstrap, settings.dlq_topic, source_topic),
+                          settings.default_tenant, PartitionReader(settings.kafka_bootstrap, source_topic),
+                          decoder=decoder)
     app = ProjectionApp(
         f"ams-projection-{name}",
         broker=f"kafka://{settings.kafka_bootstrap}",
@@ -79,16 +108,16 @@ def build_app(name: str, settings: Settings) -> ProjectionApp:
         broker_heartbeat_interval=2,
         stream_buffer_maxsize=4 * BATCH_MAX,
     )
-    topic = app.topic(settings.events_topic, key_type=bytes, value_type=bytes, internal=False)
+    topic = app.topic(source_topic, key_type=bytes, value_type=bytes, internal=False)
     state: dict[str, set[int]] = {"assigned": set()}
 
     async def seek(offsets: dict[int, int]) -> None:
         for partition, offset in offsets.items():
-            await app.consumer.seek(TP(settings.events_topic, partition), offset)
+            await app.consumer.seek(TP(source_topic, partition), offset)
 
     @app.on_partitions_assigned.connect  # type: ignore[misc, arg-type]
     async def on_assigned(sender: faust.App, assigned: set[TP], **_: object) -> None:
-        ours = {tp.partition for tp in assigned if tp.topic == settings.events_topic}
+        ours = {tp.partition for tp in assigned if tp.topic == source_topic}
         state["assigned"] = ours
         await projector.load_checkpoints()
         await projector.recover_incomplete(ours)
@@ -120,9 +149,10 @@ def build_app(name: str, settings: Settings) -> ProjectionApp:
                 await projector.load_checkpoints()
                 await seek({p: projector.resume_offset(p) for p in {record.partition for record in records}})
 
-    @app.task
-    async def follow_sandboxes() -> None:
-        await SandboxFollower(settings, lambda namespace: make_sink(settings, namespace)).run()
+    if name in SANDBOXED:
+        @app.task
+        async def follow_sandboxes() -> None:
+            await SandboxFollower(settings, lambda namespace: make_sink(settings, namespace)).run()
 
     @app.timer(RECOVERY_CHECK_SECONDS)
     async def check_store() -> None:
@@ -137,7 +167,7 @@ def build_app(name: str, settings: Settings) -> ProjectionApp:
     def lags() -> dict[int, int]:
         result = {}
         for partition in sorted(state["assigned"]):
-            highwater = app.consumer.highwater(TP(settings.events_topic, partition)) or 0
+            highwater = app.consumer.highwater(TP(source_topic, partition)) or 0
             result[partition] = max(0, highwater - projector.resume_offset(partition))
             metrics.LAG.labels(name, partition).set(result[partition])
         return result

@@ -23,7 +23,7 @@ from ams.settings import Settings
 from commands import batch as command_batch
 from commands import http as command_http
 from commands.log import EventLog
-from queries import events, history, kv, streams, watch
+from queries import events, history, kv, streams, vectors, watch
 from queries.context import authorize, context
 from queries.namespaces import GatewayNamespaces
 from replay import http as replay_http
@@ -64,6 +64,7 @@ async def positions(request: Request) -> Response:
                       for partition, offset in applied.items()},
             "postgres": {str(partition): {"applied": offset, "lag": max(0, heads[partition] - 1 - offset)}
                          for partition, offset in sorted(durable.items()) if partition in heads},
+            "vectors": vectors.services(request).positions(heads),
         },
         "log": {str(partition): head for partition, head in heads.items()},
         **({"unavailable": warnings} if warnings else {}),
@@ -74,17 +75,21 @@ def create_app(settings: Settings) -> Starlette:
     redis_client = aioredis.from_url(settings.redis_url)
     event_log = EventLog(settings.kafka_bootstrap, settings.events_topic)
     namespaces = GatewayNamespaces(settings, redis_client, event_log)
+    vector_services = vectors.VectorServices(settings, redis_client)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await event_log.start()
         await namespaces.start(live(settings))
+        await vector_services.start()
         app.state.verifier = TokenVerifier(settings)
         app.state.namespaces = namespaces
         app.state.event_log = event_log
+        app.state.vectors, app.state.vector_dimensions = vector_services, vector_services.dimensions
         try:
             yield
         finally:
+            await vector_services.stop()
             await namespaces.stop()
             await event_log.stop()
             await redis_client.aclose()
@@ -102,6 +107,7 @@ def create_app(settings: Settings) -> Starlette:
         *events.routes,
         *watch.routes,
         *replay_http.routes,
+        *vectors.routes,
     ]
     return Starlette(
         routes=routes,

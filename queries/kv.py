@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import time
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -93,10 +95,13 @@ async def _hot_listing_ready(ctx: QueryContext, positions: dict[int, int]) -> No
     if not await ctx.applied.wait_applied(positions, ctx.settings.read_wait_timeout):
         raise ApiError(504, "consistency_timeout", f"the hot projection has not reached the requested position "
                        f"within {ctx.settings.read_wait_timeout:g}s; retry the listing")
-    markers = await ctx.redis.mget([ctx.applied.layout_of(p).live(p) for p in range(ctx.partitions)])
-    if None in markers:
-        raise ApiError(503, "hot_state_recovering", "the hot projection is restoring lost data, so a listing "
-                       "could miss keys; retry in a few seconds, or list as_of a position from PostgreSQL")
+    deadline = time.monotonic() + ctx.settings.read_wait_timeout
+    while None in await ctx.redis.mget([ctx.applied.layout_of(p).live(p) for p in range(ctx.partitions)]):
+        if time.monotonic() > deadline:  # a partition is still being restored (or a new sandbox filled)
+            raise ApiError(503, "hot_state_recovering", "the hot projection is restoring lost data, so a listing "
+                           "could miss keys; retry in a few seconds, or list as_of a position from PostgreSQL",
+                           {"Retry-After": "2"})
+        await asyncio.sleep(0.1)
 
 
 async def _live_versions(ctx: QueryContext, tenant: str, keys: list[str]) -> dict[str, int]:

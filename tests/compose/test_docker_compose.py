@@ -17,11 +17,13 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 FILES = {
     "compose/docker-compose.yml": (
-        "kafka kafka-init redis postgres etcd minio milvus projector-redis projector-postgres gateway"
+        "kafka kafka-init redis postgres etcd minio milvus projector-redis projector-postgres projector-embedder "
+        "projector-milvus gateway"
     ).split(),
     "compose/docker-compose.cluster.yml": (
         "kafka-1 kafka-2 kafka-3 kafka-init redis postgres etcd minio milvus "
-        "projector-redis-1 projector-redis-2 projector-postgres-1 projector-postgres-2 gateway-1 gateway-2"
+        "projector-redis-1 projector-redis-2 projector-postgres-1 projector-postgres-2 projector-embedder-1 "
+        "projector-embedder-2 projector-milvus gateway-1 gateway-2"
     ).split(),
 }
 

@@ -1,0 +1,180 @@
+"""Keeps the gateway's FAISS view up to date from ``memory.embeddings``.
+
+Every gateway replica needs every tenant's vectors, so this is a plain consumer with all partitions
+assigned by hand (no consumer group): it restores the snapshot, seeks each partition to the snapshot's
+checkpoint + 1, and applies what follows. It is the view's only writer; searches read between its
+steps (all on the event loop), and it writes the snapshot itself, between batches, so a snapshot never
+holds half a batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from prometheus_client import Counter, Gauge
+
+from ams.settings import Settings
+from commands.envelope import MalformedEvent
+from projections.embeddings import MARK, decode_op
+from projections.faiss_index import IndexParams
+from projections.faiss_view import FaissView
+
+log = logging.getLogger("ams.vectors")
+
+POISON = Counter("ams_vector_view_poison_records", "memory.embeddings records the FAISS view could not parse")
+SNAPSHOTS = Counter("ams_vector_view_snapshots", "FAISS view snapshots written")
+RESTORED = Gauge("ams_vector_view_restored_keys", "Keys the FAISS view restored from its snapshot at start")
+LAG = Gauge("ams_vector_view_lag", "memory.embeddings records not yet applied by the FAISS view", ["partition"])
+FLUSH_CHUNK = 512
+
+
+def index_params(settings: Settings) -> IndexParams:
+    return IndexParams(settings.vector_exact_below, settings.vector_hnsw_m, settings.vector_ef_construction,
+                       settings.vector_ef_search)
+
+
+def snapshot_path(settings: Settings) -> Path:
+    return settings.home / "vectors" / "faiss-view.npz"
+
+
+class FaissFeed:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.path = snapshot_path(settings)
+        self.view = FaissView(index_params(settings))
+        self._advanced = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._dirty = False
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        if self.path.exists():
+            try:
+                self.view = await asyncio.to_thread(FaissView.load, self.path, index_params(self.settings))
+                RESTORED.set(sum(len(index.entries) for index in self.view.tenants.values()))
+                log.info("FAISS view restored from %s at %s", self.path, self.view.checkpoints)
+            except (OSError, ValueError, KeyError) as error:
+                log.error("FAISS snapshot %s is unreadable (%r); rebuilding the view from %s", self.path, error,
+                          self.settings.embeddings_topic)
+        topic = self.settings.embeddings_topic
+        partitions = await self._partitions(topic)
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False,
+                                          isolation_level="read_committed", max_partition_fetch_bytes=8 << 20)
+        await self._consumer.start()
+        assigned = [TopicPartition(topic, partition) for partition in sorted(partitions)]
+        self._consumer.assign(assigned)
+        await self._rewind()
+        self._task = asyncio.create_task(self._run())
+
+    async def _partitions(self, topic: str) -> set[int]:
+        # A producer's metadata lookup waits for the topic's partitions, which a consumer's does not.
+        producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap)
+        await producer.start()
+        try:
+            partitions = await producer.partitions_for(topic)
+        finally:
+            await producer.stop()
+        if not partitions:
+            raise RuntimeError(f"topic {topic!r} does not exist; run `ams up` to create it")
+        return set(partitions)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._dirty:
+            await self.snapshot()
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    async def snapshot(self) -> None:
+        await asyncio.to_thread(self.view.save, self.path)
+        self._dirty = False
+        SNAPSHOTS.inc()
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        last_snapshot = time.monotonic()
+        while True:
+            try:
+                batch = await self._consumer.getmany(timeout_ms=500, max_records=2000)
+                if batch:
+                    await self._apply(batch)
+                if self._dirty and time.monotonic() - last_snapshot >= self.settings.vector_snapshot_seconds:
+                    await self.snapshot()
+                    last_snapshot = time.monotonic()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - keep the view alive through broker restarts
+                log.warning("FAISS view: reading or applying %s failed (%r); re-reading from its checkpoint",
+                            self.settings.embeddings_topic, error)
+                await asyncio.sleep(1)
+                await self._rewind()
+
+    async def _rewind(self) -> None:
+        """Seek every partition to checkpoint + 1 (re-applying is harmless: versions decide)."""
+        assert self._consumer is not None
+        for tp in self._consumer.assignment():
+            checkpoint = self.view.checkpoints.get(tp.partition)
+            if checkpoint is None:
+                await self._consumer.seek_to_beginning(tp)
+            else:
+                self._consumer.seek(tp, checkpoint + 1)
+
+    async def _apply(self, batch: dict[TopicPartition, list]) -> None:  # type: ignore[type-arg]
+        touched: set[str] = set()
+        checkpoints: dict[int, int] = {}
+        marks: dict[int, int] = {}
+        for tp, records in batch.items():
+            for record in records:
+                try:
+                    op = decode_op(record.value)
+                except MalformedEvent as error:
+                    POISON.inc()
+                    log.error("%s:%d:%d is not an embedding operation (%s); skipped", tp.topic, tp.partition,
+                              record.offset, error)
+                    continue
+                if op.op == MARK:  # published after the batch is searchable (below)
+                    marks[op.partition] = max(op.through, marks.get(op.partition, -1))
+                    continue
+                tenant = self.view.apply(op)
+                if tenant is not None:
+                    touched.add(tenant)
+            if records:
+                checkpoints[tp.partition] = records[-1].offset
+        for tenant in touched:
+            index = self.view.tenants[tenant]
+            while not index.flush(FLUSH_CHUNK):
+                await asyncio.sleep(0)  # let searches in between big additions
+            if index.needs_compaction():
+                index.rebuild()
+        self.view.checkpoints.update(checkpoints)
+        for partition, through in marks.items():
+            self.view.marks[partition] = max(through, self.view.marks.get(partition, -1))
+        self._dirty = True
+        for tp in batch:
+            highwater = self._consumer.highwater(tp) if self._consumer else None
+            if highwater is not None:
+                LAG.labels(tp.partition).set(max(0, highwater - 1 - self.view.checkpoints.get(tp.partition, -1)))
+        self._advanced.set()
+        self._advanced = asyncio.Event()
+
+    def reached(self, positions: dict[int, int]) -> bool:
+        """The embedder's marks applied here cover these ``memory.events`` positions."""
+        return all(self.view.marks.get(partition, -1) >= offset for partition, offset in positions.items())
+
+    async def wait_reached(self, positions: dict[int, int], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.reached(positions):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._advanced.wait(), remaining)
+        return True

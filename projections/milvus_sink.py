@@ -1,0 +1,94 @@
+"""`ams project milvus`: the Milvus view, a Faust worker of ``memory.embeddings``.
+
+Exactly-once effects without a transaction spanning Milvus: every row is upserted by its key and only
+when the operation's version is newer than the row's (equal, for a repair), and the checkpoint row is
+written after the batch's rows. A crash in between replays the batch: the version check turns every
+repeated operation into a no-op, so the replay is harmless. The expected checkpoint is checked before
+the batch, so a worker that lost its partitions stops instead of moving the checkpoint backwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from pymilvus.exceptions import ConnectError, MilvusUnavailableException
+
+from ams.settings import Settings
+from commands.fold import Outcome
+from projections.embeddings import MARK, UPSERT, EmbeddingOp
+from projections.milvus_store import MilvusStore, Row
+from projections.sink import NO_CHECKPOINT, TRANSIENT, CheckpointMoved, Positioned, ProjectionSink
+
+
+def newest_per_key(ops: Sequence[EmbeddingOp]) -> dict[tuple[str, str], EmbeddingOp]:
+    """The operation that decides each key: the highest version (a repair wins a tie, as it would in order)."""
+    newest: dict[tuple[str, str], EmbeddingOp] = {}
+    for op in ops:
+        current = newest.get((op.tenant, op.key))
+        if current is None or op.version > current.version or (op.version == current.version and op.repair):
+            newest[(op.tenant, op.key)] = op
+    return newest
+
+
+class MilvusSink(ProjectionSink):
+    name = "milvus"
+    source = "embeddings"
+    transient_errors = (*TRANSIENT, ConnectError, MilvusUnavailableException)
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._store: MilvusStore | None = None
+
+    @property
+    def store(self) -> MilvusStore:
+        if self._store is None:
+            self._store = MilvusStore(self.settings.milvus_endpoint, self.settings.vector_ef_search,
+                                      self.settings.vector_hnsw_m, self.settings.vector_ef_construction)
+        return self._store
+
+    async def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+    async def checkpoints(self) -> dict[int, int]:
+        rows = await asyncio.to_thread(self.store.checkpoints)
+        return {partition: offset for partition, (offset, _) in rows.items()}
+
+    async def apply(
+        self, partition: int, events: Sequence[Positioned[Any]], through: int, expected: int
+    ) -> list[Outcome | None]:
+        await asyncio.to_thread(self._apply, partition, [item.event for item in events], through, expected)
+        return [None] * len(events)
+
+    def _apply(self, partition: int, ops: list[EmbeddingOp], through: int, expected: int) -> None:
+        stored = self.store.checkpoints().get(partition)
+        found = stored[0] if stored else NO_CHECKPOINT
+        if found != expected:
+            raise CheckpointMoved(partition, expected, found)
+        mark = stored[1] if stored else NO_CHECKPOINT
+        by_tenant: dict[str, list[EmbeddingOp]] = {}
+        for op in newest_per_key([op for op in ops if op.op != MARK]).values():
+            by_tenant.setdefault(op.tenant, []).append(op)
+        for tenant, tenant_ops in by_tenant.items():
+            self._apply_tenant(tenant, tenant_ops)
+        marks = [op.through for op in ops if op.op == MARK and op.partition == partition]
+        self.store.write_checkpoint(partition, through, max([mark, *marks]))
+
+    def _apply_tenant(self, tenant: str, ops: list[EmbeddingOp]) -> None:
+        vectors = [(op.vector, op.metric) for op in ops if op.op == UPSERT and op.vector is not None]
+        if self.store.tenant_shape(tenant) is None:
+            if not vectors:
+                return  # deletes of a tenant that has no vectors here: nothing to do
+            self.store.ensure_tenant(tenant, len(vectors[0][0]), vectors[0][1])
+        current = self.store.versions(tenant, [op.key for op in ops])
+        rows = []
+        for op in ops:
+            known = current.get(op.key)
+            if known is not None and (op.version < known or (op.version == known and not op.repair)):
+                continue
+            vector = op.vector if op.op == UPSERT else None
+            rows.append(Row(op.key, op.version, vector, op.value, op.expires_at))
+        if rows:
+            self.store.upsert(tenant, rows)

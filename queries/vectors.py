@@ -1,0 +1,227 @@
+"""Semantic search: ``POST /v1/vector/search`` over the FAISS view (default) or Milvus.
+
+``{"embedding": [...], "k": 5}`` or ``{"text": "..."}``, with an optional ``filter`` on value fields and
+``backend``; answers ``[{key, score, value, version}]``, best first. The tenant is the token's: FAISS
+searches only that tenant's index and Milvus only that tenant's collection. ``X-AMS-Min-Position``
+waits until the chosen view reflects the embedder's processing of those ``memory.events`` positions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import numpy as np
+import redis.asyncio as aioredis
+from pymilvus.exceptions import MilvusException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ams.auth import ADMIN, READ
+from ams.http import ApiError, json_response, read_json
+from ams.settings import Settings
+from commands.envelope import now_ms
+from commands.keys import parse_positions
+from commands.vectors import DimensionUnavailable, InvalidVector, extract_vector
+from projections.embedder import TenantDimensions
+from projections.faiss_feed import FaissFeed
+from projections.milvus_store import CollectionReleased, MilvusStore
+from projections.text_embedder import INSTALL_HINT, TextEmbedderUnavailable, text_embedder
+from projections.vector_filter import Condition, InvalidFilter, matches_all, milvus_expression, parse_filter
+from queries.context import authorize, context
+
+BACKENDS = ("faiss", "milvus")
+SEARCH_FIELDS = {"embedding", "text", "k", "filter", "backend"}
+MILVUS_POLL_SECONDS = 0.1
+
+
+class VectorServices:
+    """What vector search reads: the in-process FAISS view, Milvus, and each tenant's dimension."""
+
+    def __init__(self, settings: Settings, redis_client: aioredis.Redis) -> None:
+        self.settings = settings
+        self.feed = FaissFeed(settings)
+        self.dimensions = TenantDimensions(redis_client, settings)
+        self._milvus: MilvusStore | None = None
+
+    async def start(self) -> None:
+        await self.feed.start()
+
+    async def stop(self) -> None:
+        await self.feed.stop()
+        if self._milvus is not None:
+            self._milvus.close()
+
+    async def milvus(self) -> MilvusStore:
+        if self._milvus is None:
+            settings = self.settings
+            self._milvus = await asyncio.to_thread(MilvusStore, settings.milvus_endpoint, settings.vector_ef_search)
+        return self._milvus
+
+    def positions(self, heads: dict[int, int]) -> dict[str, dict[str, int]]:
+        """How far the FAISS view reflects the log: the embedder's marks it has applied, and the lag."""
+        marks = self.feed.view.marks
+        return {str(partition): {"applied": marks.get(partition, -1),
+                                 "lag": max(0, head - 1 - marks.get(partition, -1))}
+                for partition, head in sorted(heads.items())}
+
+
+def services(request: Request) -> VectorServices:
+    found: VectorServices = request.app.state.vectors
+    return found
+
+
+def _k(body: dict[str, Any], settings: Settings) -> int:
+    k = body.get("k", 5)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= settings.vector_max_k:
+        raise ApiError(400, "invalid_k", f"k must be a whole number from 1 to {settings.vector_max_k}, got {k!r}")
+    return k
+
+
+async def _query_vector(body: dict[str, Any], settings: Settings) -> np.ndarray:
+    if ("embedding" in body) == ("text" in body):
+        raise ApiError(400, "invalid_query", 'send exactly one of "embedding" (a list of numbers) or "text"')
+    if "embedding" in body:
+        try:
+            vector = extract_vector({settings.vector_field: body["embedding"]}, settings)
+        except InvalidVector as error:
+            message = str(error).replace(repr(settings.vector_field), '"embedding"')
+            raise ApiError(422, "invalid_vector", message) from None
+        if not isinstance(vector, list):
+            raise ApiError(422, "invalid_vector", '"embedding" must be a non-empty list of numbers')
+        return np.asarray(vector, dtype=np.float32)
+    text = body["text"]
+    if not isinstance(text, str) or not text.strip() or len(text) > settings.max_value_bytes:
+        raise ApiError(400, "invalid_text", '"text" must be a non-empty string')
+    if not settings.text_embedder:
+        raise ApiError(422, "no_text_embedder", "this deployment has no text embedder, so search by text is off: "
+                       "send an \"embedding\", or set AMS_TEXT_EMBEDDER=minilm and " + INSTALL_HINT)
+    try:
+        embedder = text_embedder(settings)
+    except TextEmbedderUnavailable as error:
+        raise ApiError(503, "text_embedder_unavailable", str(error)) from None
+    assert embedder is not None
+    return (await asyncio.to_thread(embedder.encode, [text]))[0]
+
+
+async def _wait(request: Request, vectors: VectorServices, backend: str) -> None:
+    token = request.headers.get("x-ams-min-position")
+    if not token:
+        return
+    positions = parse_positions(token)
+    if any(partition >= context(request).partitions for partition in positions):
+        raise ApiError(400, "invalid_token", f"consistency token {token!r} names a partition this log does not have")
+    timeout = vectors.settings.read_wait_timeout
+    if backend == "faiss":
+        reached = await vectors.feed.wait_reached(positions, timeout)
+    else:
+        reached = await _wait_milvus(await vectors.milvus(), positions, timeout)
+    if not reached:
+        raise ApiError(504, "consistency_timeout",
+                       f"the {backend} vector view has not reached {token} within {timeout:g}s; retry the search")
+
+
+async def _wait_milvus(store: MilvusStore, positions: dict[int, int], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            checkpoints = await asyncio.to_thread(store.checkpoints)
+        except CollectionReleased:
+            checkpoints = {}  # loaded again on the next poll
+        marks = {partition: mark for partition, (_, mark) in checkpoints.items()}
+        if all(marks.get(partition, -1) >= offset for partition, offset in positions.items()):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(MILVUS_POLL_SECONDS)
+
+
+def _faiss_search(vectors: VectorServices, tenant: str, query: np.ndarray, k: int,
+                  conditions: list[Condition]) -> list[dict[str, Any]]:
+    index = vectors.feed.view.tenants.get(tenant)
+    if index is None:
+        return []
+    _check_dimension(len(query), index.dim)
+    keep = (lambda value: matches_all(conditions, value)) if conditions else None
+    hits = index.search(query, k, now_ms(), keep)
+    return [{"key": hit.key, "score": hit.score, "value": hit.entry.value, "version": hit.entry.version}
+            for hit in hits]
+
+
+async def _milvus_search(vectors: VectorServices, tenant: str, query: np.ndarray, k: int,
+                         conditions: list[Condition]) -> list[dict[str, Any]]:
+    try:
+        try:
+            return await _milvus_attempt(vectors, tenant, query, k, conditions)
+        except CollectionReleased:  # Milvus restarted: the second attempt loads the collection again
+            return await _milvus_attempt(vectors, tenant, query, k, conditions)
+    except (MilvusException, ConnectionError) as error:
+        raise ApiError(503, "milvus_unavailable", f"the Milvus view at {vectors.settings.milvus_endpoint} failed "
+                       f'the search ({error}); retry, or search the FAISS view ("backend": "faiss")') from None
+
+
+async def _milvus_attempt(vectors: VectorServices, tenant: str, query: np.ndarray, k: int,
+                          conditions: list[Condition]) -> list[dict[str, Any]]:
+    store = await vectors.milvus()
+    shape = await asyncio.to_thread(store.tenant_shape, tenant)
+    if shape is None:
+        return []
+    _check_dimension(len(query), shape[0])
+    return await asyncio.to_thread(store.search, tenant, query, k, milvus_expression(conditions), now_ms())
+
+
+def _check_dimension(given: int, dimension: int) -> None:
+    if given != dimension:
+        raise ApiError(422, "wrong_dimension",
+                       f'"embedding" has {given} dimensions; this tenant\'s vectors have {dimension}')
+
+
+async def search(request: Request) -> Response:
+    principal = authorize(request, READ)
+    vectors = services(request)
+    settings = vectors.settings
+    body = await read_json(request, settings.max_body_bytes)
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_query", 'the body must be an object such as {"embedding": [...], "k": 5}')
+    unknown = sorted(set(body) - SEARCH_FIELDS)
+    if unknown:
+        raise ApiError(400, "invalid_query", f"unknown fields {unknown}; expected some of {sorted(SEARCH_FIELDS)}")
+    k = _k(body, settings)
+    backend = body.get("backend", settings.vector_backend)
+    if backend not in BACKENDS:
+        raise ApiError(400, "invalid_backend", f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    try:
+        conditions = parse_filter(body.get("filter"))
+    except InvalidFilter as error:
+        raise ApiError(400, "invalid_filter", str(error)) from None
+    query = await _query_vector(body, settings)
+    try:
+        dimension = await vectors.dimensions.dimension(principal.tenant)
+    except DimensionUnavailable as error:
+        raise ApiError(503, "vector_dimension_unavailable", f"{error}; retry the search") from None
+    if dimension is not None:
+        _check_dimension(len(query), dimension)
+    await _wait(request, vectors, backend)
+    if backend == "faiss":
+        results = _faiss_search(vectors, principal.tenant, query, k, conditions)
+    else:
+        results = await _milvus_search(vectors, principal.tenant, query, k, conditions)
+    return json_response(results)
+
+
+async def inventory(request: Request) -> Response:
+    """The version of each of the caller tenant's keys that has a live vector in this gateway's FAISS view
+    (for `ams reindex`)."""
+    principal = authorize(request, ADMIN)
+    vectors = services(request)
+    index = vectors.feed.view.tenants.get(principal.tenant)
+    keys = index.inventory(now_ms()) if index is not None else {}
+    return json_response({"tenant": principal.tenant, "view": "faiss", "keys": keys})
+
+
+routes = [
+    Route("/v1/vector/search", search, methods=["POST"]),
+    Route("/v1/vector/inventory", inventory, methods=["GET"]),
+]
