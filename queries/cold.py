@@ -25,7 +25,7 @@ from commands.keys import format_positions
 from projections.postgres import POSTGRES_TRANSIENT, RECORD_COLUMNS, record_from_row
 from projections.postgres_schema import applied_channel, connect, create_pool, migrate
 from projections.sink import TRANSIENT
-from queries.tracking import POLL_SECONDS, PositionTracker
+from queries.tracking import POLL_SECONDS, PositionTracker, cancel_all
 
 log = logging.getLogger("ams.gateway")
 
@@ -95,11 +95,7 @@ class ColdStore(PositionTracker):
         self._tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._poll())]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(self._tasks)
         if self._pool is not None:
             await self._pool.close()
 

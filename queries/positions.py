@@ -10,7 +10,6 @@ after every gateway has moved on, and waits are always measured in the generatio
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -19,7 +18,7 @@ import redis.asyncio as aioredis
 
 from commands.keys import Position
 from projections.redis_layout import RedisLayout
-from queries.tracking import POLL_SECONDS, PositionTracker
+from queries.tracking import POLL_SECONDS, PositionTracker, cancel_all
 
 log = logging.getLogger("ams.gateway")
 
@@ -36,11 +35,7 @@ class AppliedPositions(PositionTracker):
         self._tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._poll())]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(self._tasks)
 
     def layout_of(self, partition: int) -> RedisLayout:
         """The layout of the generation readers of ``partition`` use now."""

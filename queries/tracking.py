@@ -42,6 +42,15 @@ class PositionTracker:
         await self._changed.wait()
 
 
+async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel a tracker's background tasks and wait until they have stopped."""
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def first_reached(
     trackers: Sequence[PositionTracker], positions: dict[int, int], timeout: float
 ) -> PositionTracker | None:

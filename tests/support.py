@@ -59,16 +59,8 @@ async def produce_raw(settings: Settings, value: bytes, *, key: bytes | None = N
 
 async def fold_log_for(settings: Settings, tenant: str) -> dict[str, Record | None]:
     """The state of each of ``tenant``'s keys according to a fresh fold of the log itself."""
-    by_key: dict[str, list[tuple[Event, int]]] = {}
-    for record in await read_topic(settings, settings.events_topic):
-        try:
-            event = decode(record.value, record.headers, default_tenant=settings.default_tenant,
-                           record_ts=record.timestamp)
-        except ValueError:
-            continue
-        if event.tenant == tenant and event.type.startswith("kv."):
-            by_key.setdefault(event.key, []).append((event, record.offset))
-    return {key: fold(events)[0] for key, events in by_key.items()}
+    by_key = await kv_events_by_key(settings, tenant)
+    return {key: fold([(logged.event, logged.offset) for logged in events])[0] for key, events in by_key.items()}
 
 
 @contextlib.asynccontextmanager
