@@ -63,9 +63,14 @@ class Row:
     expires_at: int | None = None
 
 
+# pymilvus pings every 10 s, even on an idle connection; a gRPC server (Milvus Lite's among them) allows one
+# ping per 5 minutes without data and then drops the connection with "too many pings". Ping less.
+GRPC_OPTIONS = {"grpc.keepalive_time_ms": 330_000, "grpc.keepalive_permit_without_calls": False}
+
+
 class MilvusStore:
     def __init__(self, uri: str, ef_search: int = 128, hnsw_m: int = 32, ef_construction: int = 100) -> None:
-        self.client = MilvusClient(uri=uri, timeout=30)
+        self.client = MilvusClient(uri=uri, timeout=30, grpc_options=GRPC_OPTIONS)
         self.ef_search, self.hnsw_m, self.ef_construction = ef_search, hnsw_m, ef_construction
         self._dims: dict[str, tuple[int, Metric]] = {}
         self._loaded: set[str] = set()
