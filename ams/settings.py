@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -81,6 +82,11 @@ class Settings:
     # The query gateway.
     gateway_host: str = field(default_factory=lambda: _env("GATEWAY_HOST", "127.0.0.1"))
     gateway_port: int = field(default_factory=lambda: _env_int("GATEWAY_PORT", 8787))
+    # Names this gateway among its replicas: unique per replica and stable across its restarts (it makes the
+    # gateway's Kafka transactional id). Default: the host's name and the gateway's port.
+    gateway_instance: str = field(
+        default_factory=lambda: _env("GATEWAY_INSTANCE", f"{socket.gethostname()}-{_env('GATEWAY_PORT', '8787')}")
+    )
     projector_metrics_port: int = field(
         default_factory=lambda: _env_int("PROJECTOR_METRICS_PORT", 9187)
     )

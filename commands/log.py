@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import uuid
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -23,9 +22,13 @@ def record_key(event: Event) -> bytes:
 
 
 class EventLog:
-    def __init__(self, bootstrap: str, topic: str, *, max_request_size: int = 8 << 20) -> None:
+    def __init__(self, bootstrap: str, topic: str, *, transactional_id: str, max_request_size: int = 8 << 20) -> None:
+        """``transactional_id`` must be unique per gateway replica and stable across its restarts: a restarted
+        gateway then fences its predecessor, and a batch transaction it left open is aborted at once instead of
+        holding the partitions' last stable offset (and every strong write) until the transaction timeout."""
         self.bootstrap = bootstrap
         self.topic = topic
+        self.transactional_id = transactional_id
         self.max_request_size = max_request_size
         self.partitions = 0
         self._transaction_lock = asyncio.Lock()
@@ -35,7 +38,7 @@ class EventLog:
         common = {"bootstrap_servers": self.bootstrap, "acks": "all", "max_request_size": self.max_request_size,
                   "linger_ms": 1}
         self._producer = AIOKafkaProducer(enable_idempotence=True, **common)
-        self._transactional = AIOKafkaProducer(transactional_id=f"ams-gateway-{uuid.uuid4()}", **common)
+        self._transactional = AIOKafkaProducer(transactional_id=self.transactional_id, **common)
         self._offsets_reader = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
                                                 isolation_level="read_committed")
         await self._producer.start()

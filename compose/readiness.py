@@ -11,12 +11,26 @@ import httpx
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
 from ams.settings import Settings
 from compose import postgres
 
 READINESS_TOPIC = "ams.readiness"
+DYNAMIC_TOPIC_CONFIG = 1  # DescribeConfigs' source of a setting made on the topic itself
+
+
+# The largest record batch the log's topics take. A value may be as large as AMS_MAX_VALUE_BYTES (1 MiB)
+# and its envelope adds to it, so the broker's default (1 MiB + 12 bytes) would refuse values the gateway
+# accepts; this matches the largest request the gateway's producer sends (commands/log.py).
+MAX_MESSAGE_BYTES = 8 << 20
+
+
+def log_topic_configs() -> dict[str, str]:
+    """Configuration of the event log and the dead-letter topic: kept forever, large records allowed."""
+    return {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete",
+            "max.message.bytes": str(MAX_MESSAGE_BYTES)}
 
 
 async def kafka_topics(settings: Settings) -> None:
@@ -24,11 +38,12 @@ async def kafka_topics(settings: Settings) -> None:
 
     ``memory.embeddings`` has the log's partition count (a key's operations land in the partition of
     its events) and is kept forever too: vector views are rebuilt from it without re-embedding.
+    Topics made by an older version (with the broker's default message size) get today's configuration.
     """
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
-        forever = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
+        forever = log_topic_configs()
         topics = [
             NewTopic(settings.events_topic, settings.partitions, 1, topic_configs=forever),
             NewTopic(settings.embeddings_topic, settings.partitions, 1, topic_configs=forever),
@@ -44,8 +59,28 @@ async def kafka_topics(settings: Settings) -> None:
                 await admin.create_topics(missing)
             except TopicAlreadyExistsError:
                 pass
+        logs = (settings.events_topic, settings.embeddings_topic, settings.dlq_topic)
+        await _update_configs(admin, [name for name in logs if name in existing], forever)
     finally:
         await admin.close()
+
+
+async def _update_configs(admin: AIOKafkaAdminClient, topics: list[str], wanted: dict[str, str]) -> None:
+    """Give existing topics the ``wanted`` settings, keeping every other setting made on them (such as
+    min.insync.replicas in a cluster)."""
+    if not topics:
+        return
+    described = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name) for name in topics])
+    updates = []
+    for response in described:
+        for _error, _message, _kind, name, entries in response.resources:
+            # Entries are (name, value, read only, source, sensitive, synonyms); source 1 is "set on the topic".
+            own = {entry[0]: entry[1] for entry in entries if entry[3] == DYNAMIC_TOPIC_CONFIG}
+            if any(own.get(key) != value for key, value in wanted.items()):
+                updates.append(ConfigResource(ConfigResourceType.TOPIC, name, {**own, **wanted}))
+    if updates:
+        # AlterConfigs replaces a topic's whole set of own settings: each update carries all of them.
+        await admin.alter_configs(updates)
 
 
 async def kafka_round_trip(settings: Settings) -> None:
@@ -96,8 +131,11 @@ async def milvus_list(settings: Settings) -> None:
     """The Milvus endpoint answers a request (listing collections)."""
     from pymilvus import MilvusClient
 
+    from projections.milvus_store import GRPC_OPTIONS
+
     def probe() -> None:
-        client = MilvusClient(uri=settings.milvus_endpoint, timeout=5)
+        # The same channel options as every other client: pymilvus shares one channel per address.
+        client = MilvusClient(uri=settings.milvus_endpoint, timeout=5, grpc_options=GRPC_OPTIONS)
         try:
             client.list_collections()
         finally:

@@ -112,8 +112,10 @@ def build_app(name: str, settings: Settings) -> ProjectionApp:
     state: dict[str, set[int]] = {"assigned": set()}
 
     async def seek(offsets: dict[int, int]) -> None:
-        for partition, offset in offsets.items():
-            await app.consumer.seek(TP(source_topic, partition), offset)
+        # seek_wait runs the seek on Faust's consumer thread, which owns aiokafka's fetcher; Consumer.seek
+        # would change the fetcher's buffers from this thread, racing its fetches (a KeyError that crashed
+        # the worker during a rebalance, found by the fault-injection suite).
+        await app.consumer.seek_wait({TP(source_topic, partition): offset for partition, offset in offsets.items()})
 
     @app.on_partitions_assigned.connect  # type: ignore[misc, arg-type]
     async def on_assigned(sender: faust.App, assigned: set[TP], **_: object) -> None:

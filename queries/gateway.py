@@ -10,6 +10,11 @@ from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import BusyLoadingError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -17,7 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ams.auth import READ, TokenVerifier
-from ams.http import EXCEPTION_HANDLERS, ApiError, BodyLimitMiddleware, json_response
+from ams.http import EXCEPTION_HANDLERS, ApiError, BodyLimitMiddleware, error_response, json_response
 from ams.namespaces import live
 from ams.settings import Settings
 from commands import batch as command_batch
@@ -71,9 +76,24 @@ async def positions(request: Request) -> Response:
     })
 
 
+async def projection_unavailable(request: Request, error: Exception) -> Response:
+    message = (f"the hot projection (Redis) is unreachable ({type(error).__name__}: {error}); retry in a moment, "
+               "a write with the same Idempotency-Key is applied once")
+    return error_response(503, "projection_unavailable", message, {"Retry-After": "1"})
+
+
+PROJECTION_DOWN_HANDLERS = {
+    kind: projection_unavailable for kind in (RedisConnectionError, RedisTimeoutError, BusyLoadingError)
+}
+
+
 def create_app(settings: Settings) -> Starlette:
-    redis_client = aioredis.from_url(settings.redis_url)
-    event_log = EventLog(settings.kafka_bootstrap, settings.events_topic)
+    # A command that meets a connection Redis closed (it restarted) is sent again on a fresh one: the gateway
+    # only reads Redis, so a retry is harmless, and a restart does not fail one request per pooled connection.
+    redis_client = aioredis.from_url(settings.redis_url, retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+                                     retry_on_error=[RedisConnectionError])
+    event_log = EventLog(settings.kafka_bootstrap, settings.events_topic,
+                         transactional_id=f"ams-gateway-{settings.gateway_instance}")
     namespaces = GatewayNamespaces(settings, redis_client, event_log)
     vector_services = vectors.VectorServices(settings, redis_client)
 
@@ -112,6 +132,6 @@ def create_app(settings: Settings) -> Starlette:
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        exception_handlers={**EXCEPTION_HANDLERS, **PROJECTION_DOWN_HANDLERS},  # type: ignore[dict-item]
         middleware=[Middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)],
     )

@@ -20,6 +20,7 @@ from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionErro
 from ams.namespaces import ALL_TENANTS, Namespace, sandbox
 from ams.settings import Settings
 from commands.keys import InvalidName, format_positions
+from compose.readiness import log_topic_configs
 from replay.cut import Cut, parse_cut
 from replay.log_io import Selection, log_heads, read_log
 
@@ -164,8 +165,7 @@ async def _create_topic(settings: Settings, topic: str) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
-        forever = {"retention.ms": "-1", "retention.bytes": "-1"}
-        await admin.create_topics([NewTopic(topic, settings.partitions, 1, topic_configs=forever)])
+        await admin.create_topics([NewTopic(topic, settings.partitions, 1, topic_configs=log_topic_configs())])
     except TopicAlreadyExistsError:
         pass
     finally:

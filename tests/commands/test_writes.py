@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import httpx
+import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
@@ -38,9 +39,9 @@ async def test_two_concurrent_conditional_writers_exactly_one_wins_and_both_lear
 async def test_create_only_and_conditional_delete(api: httpx.AsyncClient) -> None:
     assert (await api.put("/v1/kv/once", json=1, headers={"If-None-Match": "*"})).status_code == 200
     assert (await api.put("/v1/kv/once", json=2, headers={"If-None-Match": "*"})).status_code == 409
-    assert (await api.delete("/v1/kv/once", headers={"If-Match": "1"})).status_code == 409
-    version = (await api.get("/v1/kv/once")).headers["ETag"]
-    assert (await api.delete("/v1/kv/once", headers={"If-Match": version})).status_code == 200
+    version = int((await api.get("/v1/kv/once")).headers["ETag"].strip('"'))
+    assert (await api.delete("/v1/kv/once", headers={"If-Match": str(version + 1)})).status_code == 409
+    assert (await api.delete("/v1/kv/once", headers={"If-Match": str(version)})).status_code == 200
     assert (await api.get("/v1/kv/once")).status_code == 404
 
 
@@ -156,3 +157,13 @@ async def test_a_read_waiting_for_a_position_never_reached_fails_clearly(api: ht
     assert response.status_code == 504
     assert response.json()["error"]["code"] == "consistency_timeout"
     assert time.monotonic() - started < 30
+
+
+async def test_a_value_as_large_as_the_limit_is_stored_and_read_back_whole(
+    api: httpx.AsyncClient, settings: Settings
+) -> None:
+    value = "x" * (settings.max_value_bytes - 2)  # with its quotes, exactly the limit
+    written = await api.put("/v1/kv/large", content=orjson.dumps(value))
+    assert written.status_code == 200, written.text
+    read = await api.get("/v1/kv/large")
+    assert read.status_code == 200 and read.json() == value

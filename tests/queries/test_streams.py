@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 
 import httpx
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.stack
 
 @pytest.fixture
 async def event_log(settings: Settings) -> AsyncIterator[EventLog]:
-    log = EventLog(settings.kafka_bootstrap, settings.events_topic)
+    log = EventLog(settings.kafka_bootstrap, settings.events_topic, transactional_id=f"test-{uuid.uuid4()}")
     await log.start()
     yield log
     await log.stop()

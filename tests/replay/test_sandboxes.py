@@ -18,9 +18,13 @@ pytestmark = pytest.mark.stack
 
 @pytest.fixture
 async def admin(settings: Settings, tenant: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The tenant's admin; the sandboxes it leaves are dropped (each one holds connections and state)."""
     headers = {"Authorization": f"Bearer {token_for(settings, tenant, 'memory:admin')}"}
     async with httpx.AsyncClient(base_url=settings.gateway_url, headers=headers, timeout=60) as client:
         yield client
+        for sandbox in (await client.get("/v1/sandboxes")).json()["items"]:
+            if sandbox["owner"] == tenant:
+                await client.delete(f"/v1/sandboxes/{sandbox['name']}")
 
 
 async def make_sandbox(admin: httpx.AsyncClient, **body: str) -> tuple[str, dict[str, str]]:
