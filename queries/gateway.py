@@ -23,7 +23,7 @@ from ams.settings import Settings
 from commands import batch as command_batch
 from commands import http as command_http
 from commands.log import EventLog
-from queries import events, history, kv, streams, vectors, watch
+from queries import events, history, kv, openapi, streams, vectors, watch
 from queries.context import authorize, context
 from queries.namespaces import GatewayNamespaces
 from replay import http as replay_http
@@ -98,6 +98,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
+        *openapi.routes,
         Route("/v1/positions", positions),
         *command_http.routes,
         *command_batch.routes,
