@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ams.auth import READ, TokenVerifier
-from ams.http import EXCEPTION_HANDLERS, ApiError, BodyLimitMiddleware, json_response
+from ams.http import EXCEPTION_HANDLERS, ApiError, BodyLimitMiddleware, RateLimiter, json_response
 from ams.namespaces import live
 from ams.settings import Settings
 from commands import batch as command_batch
@@ -83,6 +83,7 @@ def create_app(settings: Settings) -> Starlette:
         await namespaces.start(live(settings))
         await vector_services.start()
         app.state.verifier = TokenVerifier(settings)
+        app.state.rate_limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
         app.state.namespaces = namespaces
         app.state.event_log = event_log
         app.state.vectors, app.state.vector_dimensions = vector_services, vector_services.dimensions
