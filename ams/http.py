@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import time
+from collections import OrderedDict
 from typing import Any
 
 import orjson
@@ -15,11 +18,43 @@ from commands.keys import InvalidName
 
 
 def authorize(request: Request, scope: str) -> Principal:
-    """The caller, from its bearer token, if it has ``scope``; kept on the request for what follows."""
+    """The caller, from its bearer token, if it has ``scope`` and its tenant is within its request rate;
+    kept on the request for what follows."""
     principal: Principal = request.app.state.verifier.verify(request.headers.get("authorization"))
+    limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)
+    if limiter is not None:
+        limiter.take(principal.tenant)
     principal.require(scope)
     request.state.principal = principal
     return principal
+
+
+class RateLimiter:
+    """A token bucket per tenant, in this gateway's memory: ``rate`` requests a second, ``burst`` at once.
+
+    The tenant is known only once its token is verified, so `authorize` asks; a request over the limit is a
+    429 with ``Retry-After``. At most ``MAX_TENANTS`` buckets are kept: the least recently used goes first
+    (and comes back full, which only errs towards letting a tenant through).
+    """
+
+    MAX_TENANTS = 100_000
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, max(1, burst)
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tenant -> (tokens, when)
+
+    def take(self, tenant: str) -> None:
+        now = time.monotonic()
+        tokens, then = self._buckets.pop(tenant, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - then) * self.rate)
+        if tokens < 1:
+            self._buckets[tenant] = (tokens, now)
+            wait = math.ceil((1 - tokens) / self.rate) if self.rate > 0 else 60
+            raise ApiError(429, "rate_limited", f"tenant {tenant!r} is over its limit of {self.rate:g} requests a "
+                           f"second (bursts of {self.burst}); retry after {wait}s", {"Retry-After": str(wait)})
+        self._buckets[tenant] = (tokens - 1, now)
+        if len(self._buckets) > self.MAX_TENANTS:
+            self._buckets.popitem(last=False)
 
 
 class ApiError(Exception):
@@ -95,14 +130,40 @@ class BodyLimitMiddleware:
         await error_response(413, "body_too_large", self._message())(scope, receive, send)
 
 
+MAX_JSON_DEPTH = 64
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests arrays and objects more than ``limit`` levels deep (walked without recursion)."""
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        pending.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
 async def read_json(request: Request, limit: int) -> Any:
-    """The request body parsed as JSON, or a 4xx that says why not."""
+    """The request body parsed as JSON, or a 4xx that says why not.
+
+    Nesting is bounded at ``MAX_JSON_DEPTH`` levels: orjson refuses to parse past 1024 levels and to
+    write past 254, so a deeper value could be accepted here and fail later in a projection.
+    """
     body = await request.body()
     if len(body) > limit:
         raise ApiError(413, "value_too_large", f"the value is {len(body)} bytes; the limit is {limit} bytes")
     if not body:
         raise ApiError(400, "empty_body", "the request body is empty; send a JSON value")
     try:
-        return orjson.loads(body)
+        value = orjson.loads(body)
     except orjson.JSONDecodeError as error:
+        if "depth limit" in str(error):
+            raise ApiError(400, "json_too_deep", f"the JSON value nests more than {MAX_JSON_DEPTH} levels") from None
         raise ApiError(400, "malformed_json", f"the request body is not valid JSON: {error}") from None
+    if _too_deep(value, MAX_JSON_DEPTH):
+        raise ApiError(400, "json_too_deep", f"the JSON value nests more than {MAX_JSON_DEPTH} levels")
+    return value

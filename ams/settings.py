@@ -101,6 +101,9 @@ class Settings:
     # Per-tenant default consistency class by key prefix (see commands/consistency.py).
     consistency_policy: dict[str, dict[str, str]] = field(default_factory=lambda: _env_policy())
     max_watchers_per_tenant: int = field(default_factory=lambda: _env_int("MAX_WATCHERS_PER_TENANT", 8))
+    # Requests per second each tenant may make of one gateway, and how many it may make at once (a token bucket).
+    rate_limit_per_second: float = field(default_factory=lambda: _env_float("RATE_LIMIT_PER_SECOND", 2000.0))
+    rate_limit_burst: int = field(default_factory=lambda: _env_int("RATE_LIMIT_BURST", 4000))
 
     # Vector memory (docs/VECTORS.md): which value fields carry a vector, per-tenant dimension and metric,
     # the views (FAISS in the gateway, Milvus) and their bounds.

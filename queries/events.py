@@ -31,7 +31,7 @@ async def audit_feed(request: Request) -> Response:
     kind = request.query_params.get("type")
     if kind is not None and kind not in EVENT_TYPES:
         raise ApiError(400, "invalid_type", f"type must be one of {', '.join(sorted(EVENT_TYPES))}, got {kind!r}")
-    await ctx.cold.wait_for(min_position(request, ctx.partitions))
+    await ctx.cold.wait_for(await min_position(request, ctx.partitions))
     arguments = (principal.tenant, *cursor_arguments(after, ctx.partitions), *key_range(prefix), limit)
     rows = []
     async with ctx.cold.connection() as connection:

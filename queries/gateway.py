@@ -22,13 +22,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ams.auth import READ, TokenVerifier
-from ams.http import EXCEPTION_HANDLERS, ApiError, BodyLimitMiddleware, error_response, json_response
+from ams.http import EXCEPTION_HANDLERS, ApiError, BodyLimitMiddleware, RateLimiter, error_response, json_response
 from ams.namespaces import live
 from ams.settings import Settings
 from commands import batch as command_batch
 from commands import http as command_http
 from commands.log import EventLog
-from queries import events, history, kv, streams, vectors, watch
+from queries import events, history, kv, openapi, streams, vectors, watch
 from queries.context import authorize, context
 from queries.namespaces import GatewayNamespaces
 from replay import http as replay_http
@@ -103,6 +103,7 @@ def create_app(settings: Settings) -> Starlette:
         await namespaces.start(live(settings))
         await vector_services.start()
         app.state.verifier = TokenVerifier(settings)
+        app.state.rate_limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
         app.state.namespaces = namespaces
         app.state.event_log = event_log
         app.state.vectors, app.state.vector_dimensions = vector_services, vector_services.dimensions
@@ -118,6 +119,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
+        *openapi.routes,
         Route("/v1/positions", positions),
         *command_http.routes,
         *command_batch.routes,

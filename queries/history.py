@@ -70,7 +70,7 @@ async def get_history(request: Request) -> Response:
     ctx = context(request)
     order, limit = order_param(request), limit_param(request)
     cursor = position_param(request, "cursor", ctx.partitions)
-    await ctx.cold.wait_for(min_position(request, ctx.partitions))
+    await ctx.cold.wait_for(await min_position(request, ctx.partitions))
     after = (cursor.offset, cursor.partition) if cursor is not None else START[order]
     async with ctx.cold.connection() as connection:
         rows = await connection.fetch(PAGE[order], principal.tenant, key, *after, limit + 1)

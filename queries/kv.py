@@ -26,7 +26,7 @@ async def get_value(request: Request) -> Response:
     if "as_of" in request.query_params:
         return await time_travel.get_as_of(request, principal, key)
     ctx = context(request)
-    current = await read_current(ctx, principal.tenant, key, min_position(request, ctx.partitions))
+    current = await read_current(ctx, principal.tenant, key, await min_position(request, ctx.partitions))
     if current is None:
         raise ApiError(404, "not_found", f"key {key!r} does not exist")
     headers = {"ETag": f'"{current.version}"', "X-AMS-Position": f"{current.partition}:{current.version}"}
@@ -67,7 +67,7 @@ async def list_keys(request: Request) -> Response:
     ctx = context(request)
     prefix = check_prefix(request.query_params.get("prefix", ""))
     limit = _limit(request)
-    await _hot_listing_ready(ctx, min_position(request, ctx.partitions))
+    await _hot_listing_ready(ctx, await min_position(request, ctx.partitions))
     lower, upper = _page_bounds(prefix, request.query_params.get("cursor"))
     items: list[dict[str, object]] = []
     exhausted = False

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from starlette.requests import Request
 
 from ams.http import ApiError
-from commands.keys import InvalidName, Position, parse_positions
+from commands.keys import InvalidName, Position, format_positions, parse_positions
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -57,12 +57,25 @@ def position_param(request: Request, name: str, partitions: int) -> Position | N
     return Position(partition, offset)
 
 
-def min_position(request: Request, partitions: int) -> dict[int, int]:
+async def within_log(request: Request, positions: dict[int, int], what: str) -> dict[int, int]:
+    """``positions``, if the log (the live one, or the sandbox's) has reached each of them: a read that
+    waited for a position no event has yet could only time out, so it is refused at once with a 400."""
+    if positions:
+        heads = await request.app.state.namespaces.resolve(request).commands.log.end_offsets()
+        beyond = {partition: offset for partition, offset in positions.items() if offset >= heads.get(partition, 0)}
+        if beyond:
+            raise ApiError(400, "position_beyond_log",
+                           f"{what} names {format_positions(beyond)}, past the end of the log "
+                           f"({format_positions({p: head - 1 for p, head in heads.items()})}): no event has it")
+    return positions
+
+
+async def min_position(request: Request, partitions: int) -> dict[int, int]:
     """``X-AMS-Min-Position``: what the read must reflect at least ({} when absent)."""
     token = request.headers.get("x-ams-min-position")
     if not token:
         return {}
-    return positions_value(token, "X-AMS-Min-Position", partitions)
+    return await within_log(request, positions_value(token, "X-AMS-Min-Position", partitions), "X-AMS-Min-Position")
 
 
 @dataclass(frozen=True, slots=True)

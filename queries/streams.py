@@ -30,7 +30,7 @@ async def read_stream(request: Request) -> Response:
     ctx = context(request)
     limit = limit_param(request)
     after = position_param(request, "after", ctx.partitions)
-    await ctx.cold.wait_for(min_position(request, ctx.partitions))
+    await ctx.cold.wait_for(await min_position(request, ctx.partitions))
     start = (after.offset, after.partition) if after is not None else (-1, -1)
     async with ctx.cold.connection() as connection:
         rows = await connection.fetch(PAGE, principal.tenant, name, *start, limit)

@@ -27,7 +27,7 @@ from commands.keys import check_key, check_prefix, kafka_key, partition_for
 from queries.context import QueryContext, context
 from queries.feed import key_range
 from queries.history import raw_json
-from queries.params import AsOf, as_of_value, limit_param, min_position
+from queries.params import AsOf, as_of_value, limit_param, min_position, within_log
 
 ROW = "h.key, h.version, h.value, h.deleted, h.expires_at"
 VISIBLE = "version IS NOT NULL AND NOT deleted AND (expires_at IS NULL OR expires_at > $3)"
@@ -87,7 +87,8 @@ async def _reference_time(connection: asyncpg.Connection, tenant: str, as_of: As
 
 async def _prepare(request: Request, ctx: QueryContext) -> AsOf:
     as_of = as_of_value(request.query_params["as_of"], ctx.partitions)
-    await ctx.cold.wait_for({**min_position(request, ctx.partitions), **(as_of.positions or {})})
+    await within_log(request, as_of.positions or {}, "as_of")
+    await ctx.cold.wait_for({**await min_position(request, ctx.partitions), **(as_of.positions or {})})
     return as_of
 
 

@@ -31,6 +31,7 @@ from projections.milvus_store import CollectionReleased, MilvusStore
 from projections.text_embedder import INSTALL_HINT, TextEmbedderUnavailable, text_embedder
 from projections.vector_filter import Condition, InvalidFilter, matches_all, milvus_expression, parse_filter
 from queries.context import authorize, context
+from queries.params import within_log
 
 BACKENDS = ("faiss", "milvus")
 SEARCH_FIELDS = {"embedding", "text", "k", "filter", "backend"}
@@ -113,6 +114,7 @@ async def _wait(request: Request, vectors: VectorServices, backend: str) -> None
     positions = parse_positions(token)
     if any(partition >= context(request).partitions for partition in positions):
         raise ApiError(400, "invalid_token", f"consistency token {token!r} names a partition this log does not have")
+    await within_log(request, positions, "X-AMS-Min-Position")
     timeout = vectors.settings.read_wait_timeout
     if backend == "faiss":
         reached = await vectors.feed.wait_reached(positions, timeout)

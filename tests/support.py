@@ -82,7 +82,11 @@ async def extra_gateway(settings: Settings, tenant: str, env: dict[str, str]) ->
             yield client
     finally:
         process.terminate()
-        process.wait(timeout=10)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # a slow shutdown must not leave it holding the port for the next test
+            process.kill()
+            process.wait(timeout=10)
 
 
 async def redis_records(settings: Settings, tenant: str, prefix: str | None = None) -> dict[str, Record]:

@@ -13,7 +13,6 @@ from ams.settings import Settings
 from memory_client import (
     AsyncMemoryClient,
     Conflict,
-    ConsistencyTimeout,
     Delete,
     Forbidden,
     InvalidRequest,
@@ -192,13 +191,13 @@ def test_another_tenants_key_is_simply_not_there(settings: Settings, tenant: str
         assert list(other.keys()) == []
 
 
-def test_a_position_the_projection_never_reaches_is_a_consistency_timeout(settings: Settings, tenant: str,
-                                                                           base_url: str) -> None:
+def test_a_position_past_the_end_of_the_log_is_refused_at_once(settings: Settings, tenant: str,
+                                                               base_url: str) -> None:
     with MemoryClient(base_url, token_for(settings, tenant)) as client:
         client.observe("0:999999999999")
-        with pytest.raises(ConsistencyTimeout, match="0:999999999999") as raised:
+        with pytest.raises(InvalidRequest, match="0:999999999999") as raised:
             client.get("anything")
-    assert (raised.value.status, raised.value.code) == (504, "consistency_timeout")
+    assert (raised.value.status, raised.value.code) == (400, "position_beyond_log")
 
 
 # ----------------------------------------------------------------------------- delete, patch, batch, list, streams
