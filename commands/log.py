@@ -41,9 +41,11 @@ class EventLog:
         self._transactional = AIOKafkaProducer(transactional_id=self.transactional_id, **common)
         self._offsets_reader = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
                                                 isolation_level="read_committed")
+        self._written_reader = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
         await self._producer.start()
         await self._transactional.start()
         await self._offsets_reader.start()
+        await self._written_reader.start()
         found = await self._producer.partitions_for(self.topic)
         if not found:
             raise RuntimeError(f"topic {self.topic!r} does not exist; run `ams up` to create it")
@@ -59,6 +61,7 @@ class EventLog:
         await self._producer.stop()
         await self._transactional.stop()
         await self._offsets_reader.stop()
+        await self._written_reader.stop()
 
     def partition_of(self, event: Event) -> int:
         return partition_for(record_key(event), self.partitions)
@@ -83,6 +86,15 @@ class EventLog:
 
     async def end_offsets(self) -> dict[int, int]:
         """The offset the next committed event of each partition will get (the log's head)."""
+        return await self._ends(self._offsets_reader)
+
+    async def written_offsets(self) -> dict[int, int]:
+        """The high watermark of each partition: past every acknowledged write, committed or not yet.
+
+        A batch's commit returns before Kafka has written its commit markers to every partition, so for a
+        moment the committed head can lag a position its writer already holds; this one never does."""
+        return await self._ends(self._written_reader)
+
+    async def _ends(self, reader: AIOKafkaConsumer) -> dict[int, int]:
         partitions = [TopicPartition(self.topic, partition) for partition in range(self.partitions)]
-        ends = await self._offsets_reader.end_offsets(partitions)
-        return {tp.partition: offset for tp, offset in ends.items()}
+        return {tp.partition: offset for tp, offset in (await reader.end_offsets(partitions)).items()}

@@ -63,9 +63,10 @@ class Row:
     expires_at: int | None = None
 
 
-# pymilvus pings every 10 s, even on an idle connection; a gRPC server (Milvus Lite's among them) allows one
-# ping per 5 minutes without data and then drops the connection with "too many pings". Ping less.
-GRPC_OPTIONS = {"grpc.keepalive_time_ms": 330_000, "grpc.keepalive_permit_without_calls": False}
+# pymilvus pings every 10 s even on an idle connection; a gRPC server (Milvus Lite's among them) allows one
+# ping per 5 minutes without data, then drops the connection with "too many pings". Ping only during calls,
+# which still finds a restarted server's dead connection quickly.
+GRPC_OPTIONS = {"grpc.keepalive_permit_without_calls": False}
 
 
 class MilvusStore:

@@ -61,7 +61,7 @@ async def within_log(request: Request, positions: dict[int, int], what: str) -> 
     """``positions``, if the log (the live one, or the sandbox's) has reached each of them: a read that
     waited for a position no event has yet could only time out, so it is refused at once with a 400."""
     if positions:
-        heads = await request.app.state.namespaces.resolve(request).commands.log.end_offsets()
+        heads = await request.app.state.namespaces.resolve(request).commands.log.written_offsets()
         beyond = {partition: offset for partition, offset in positions.items() if offset >= heads.get(partition, 0)}
         if beyond:
             raise ApiError(400, "position_beyond_log",
