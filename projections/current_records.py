@@ -42,14 +42,21 @@ class RedisCurrentRecords:
     def __init__(self, client: aioredis.Redis, layout: RedisLayout, partitions: int) -> None:
         self.client, self.layout, self.partitions = client, layout, partitions
 
+    async def _live(self) -> list[RedisLayout]:
+        """Each partition's layout at the generation readers use (a rebuild moves it; see redis_layout.py)."""
+        pointers = await self.client.mget([self.layout.pointer(partition) for partition in range(self.partitions)])
+        return [self.layout.at(int(pointer or 0)) for pointer in pointers]
+
     async def applied(self) -> dict[int, int]:
-        values = await self.client.mget([self.layout.checkpoint(partition) for partition in range(self.partitions)])
+        layouts = await self._live()
+        values = await self.client.mget([layouts[p].checkpoint(p) for p in range(self.partitions)])
         return {partition: int(value) if value is not None else -1 for partition, value in enumerate(values)}
 
     async def tenants(self) -> AsyncIterator[str]:
         seen: set[str] = set()
+        layouts = await self._live()
         for partition in range(self.partitions):
-            prefix = self.layout.index(partition, "")
+            prefix = layouts[partition].index(partition, "")
             async for name in self.client.scan_iter(match=f"{_escape(prefix)}*", count=1000):
                 tenant = bytes(name).decode()[len(prefix):]
                 if tenant not in seen:
@@ -57,15 +64,16 @@ class RedisCurrentRecords:
                     yield tenant
 
     async def records(self, tenant: str, now: int) -> AsyncIterator[CurrentRecord]:
+        layouts = await self._live()
         for partition in range(self.partitions):
-            members = await self.client.zrange(self.layout.index(partition, tenant), 0, -1)
+            layout = layouts[partition]
+            members = await self.client.zrange(layout.index(partition, tenant), 0, -1)
             keys = [bytes(member).decode() for member in members]  # type: ignore[arg-type]
             for start in range(0, len(keys), PAGE):
                 page = keys[start:start + PAGE]
                 async with self.client.pipeline(transaction=False) as pipe:
                     for key in page:
-                        pipe.hmget(self.layout.record(partition, tenant, key), ["value", "version", "expires",
-                                                                                "deleted"])
+                        pipe.hmget(layout.record(partition, tenant, key), ["value", "version", "expires", "deleted"])
                     answers = await pipe.execute()
                 for key, (value, version, expires, deleted) in zip(page, answers, strict=True):
                     expires_at = int(expires or 0) or None
