@@ -93,6 +93,13 @@ class LocalStack:
         home = self.settings.home
         return ManagedProcess(name, home / "run", home / "logs" / f"{name}.log")
 
+    def component(self, name: str) -> Component:
+        """The component called ``name`` (infrastructure or service); KeyError if there is none."""
+        for component in self.components():
+            if component.name == name:
+                return component
+        raise KeyError(f"no component named {name!r}")
+
     def components(self, with_services: bool = True) -> list[Component]:
         return infrastructure(self.settings) + (services(self.settings) if with_services else [])
 

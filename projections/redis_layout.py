@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-RECORD_FIELDS = ("value", "version", "created", "updated", "expires", "deleted", "cmds")
-
 
 @dataclass(frozen=True)
 class RedisLayout:

@@ -17,7 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from ams.settings import Settings, get_settings
 from commands.envelope import DELETE, PATCH, PUT, Event, now_ms
 from commands.keys import kafka_key, partition_for
-from compose.local import LocalStack, services
+from compose.local import LocalStack
 from projections.embedder import EmbedderSink
 from projections.embeddings import MARK, decode_op
 from projections.sink import Positioned, ProjectionSink
@@ -116,7 +116,7 @@ async def test_killing_the_embedder_mid_stream_loses_nothing_and_repeats_harmles
     first = await asyncio.gather(*(write(i) for i in range(150)))
     stack.process("projector-embedder").send_signal(signal.SIGKILL)  # some batches emitted but not committed
     second = await asyncio.gather(*(write(i) for i in range(150, 300)))
-    embedder = next(component for component in services(settings) if component.name == "projector-embedder")
+    embedder = stack.component("projector-embedder")
     await asyncio.to_thread(stack.ensure, embedder)
 
     expected = {key: record for key, record in (await fold_log_for(settings, tenant)).items() if record is not None}

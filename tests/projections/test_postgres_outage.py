@@ -26,7 +26,7 @@ async def write(api: httpx.AsyncClient, start: int, count: int, positions: list[
 async def test_postgres_stopped_and_restarted_under_writes_loses_nothing(
     stack: LocalStack, settings: Settings, api: httpx.AsyncClient, tenant: str
 ) -> None:
-    postgres = next(component for component in stack.components() if component.name == "postgres")
+    postgres = stack.component("postgres")
     positions: list[str] = []
     await write(api, 0, 20, positions)
     writer = asyncio.create_task(write(api, 20, 40, positions))

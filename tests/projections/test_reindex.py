@@ -13,7 +13,7 @@ import pytest
 
 from ams.settings import Settings
 from commands.envelope import now_ms
-from compose.local import LocalStack, services
+from compose.local import LocalStack
 from projections.embeddings import UPSERT, EmbeddingOp
 from projections.faiss_feed import index_params, snapshot_path
 from projections.faiss_view import FaissView
@@ -65,7 +65,7 @@ async def test_reindex_repairs_corrupted_views(
     assert set(truth) == {f"k{n}" for n in range(6)}
 
     await asyncio.to_thread(corrupt_milvus, settings, tenant, truth)
-    gateway = next(component for component in services(settings) if component.name == "gateway")
+    gateway = stack.component("gateway")
     await asyncio.to_thread(stack.process("gateway").stop)
     await asyncio.to_thread(corrupt_faiss_snapshot, settings, tenant, truth)
     await asyncio.to_thread(stack.ensure, gateway)

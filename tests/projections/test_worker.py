@@ -13,14 +13,10 @@ import pytest
 from ams.settings import Settings
 from commands.envelope import PUT, Event, encode, now_ms
 from commands.keys import kafka_key, partition_for
-from compose.local import LocalStack, services
+from compose.local import LocalStack
 from tests.support import fold_log_for, produce_raw, read_topic
 
 pytestmark = pytest.mark.stack
-
-
-def projector(stack: LocalStack):  # type: ignore[no-untyped-def]
-    return next(component for component in services(stack.settings) if component.name == "projector-redis")
 
 
 async def applied_counter(settings: Settings) -> float:
@@ -50,7 +46,7 @@ async def test_killing_the_projector_mid_stream_neither_loses_nor_doubles(
     await asyncio.sleep(0.5)
     before = await checkpoints(api)
     second = await asyncio.gather(*(write(i) for i in range(200, 400)))
-    await asyncio.to_thread(stack.ensure, projector(stack))
+    await asyncio.to_thread(stack.ensure, stack.component("projector-redis"))
 
     token = ",".join(first + second)
     probe = await api.get("/v1/kv/item-0", headers={"X-AMS-Min-Position": token})

@@ -10,16 +10,12 @@ import pytest
 
 from ams.settings import Settings
 from commands.envelope import DELETE, PUT, Event, now_ms, uuid7
-from compose.local import LocalStack, services
+from compose.local import LocalStack
 from projections.faiss_feed import index_params, snapshot_path
 from projections.faiss_view import FaissView
 from tests.vector_support import append_event, merge_tokens, put_all, search
 
 pytestmark = pytest.mark.stack
-
-
-def gateway(stack: LocalStack):  # type: ignore[no-untyped-def]
-    return next(component for component in services(stack.settings) if component.name == "gateway")
 
 
 async def restored_keys(settings: Settings) -> float:
@@ -44,7 +40,7 @@ async def test_a_restart_restores_the_snapshot_then_applies_the_log_tail(
     tail = [await append_event(settings, Event(PUT, tenant, "new", {"embedding": [0.0, 1.0]}, id=uuid7(),
                                                ts=now_ms())),
             await append_event(settings, Event(DELETE, tenant, "old/0", id=uuid7(), ts=now_ms()))]
-    await asyncio.to_thread(stack.ensure, gateway(stack))
+    await asyncio.to_thread(stack.ensure, stack.component("gateway"))
 
     assert await restored_keys(settings) >= 5
     found = await search(api, merge_tokens(before, *tail), embedding=[1.0, 0.0], k=10)
@@ -58,7 +54,7 @@ async def test_the_milvus_view_survives_a_milvus_lite_restart(
     """The local stack's Milvus Lite (the default): it comes back with its collections released."""
     before = await put_all(api, {"kept": {"embedding": [1.0, 0.0]}})
     await search(api, before, embedding=[1.0, 0.0], k=1, backend="milvus")
-    milvus = next(component for component in stack.components() if component.name == "milvus-lite")
+    milvus = stack.component("milvus-lite")
     await asyncio.to_thread(stack.process(milvus.name).stop, signum=milvus.stop_signal)
     await asyncio.to_thread(stack.ensure, milvus)
 
