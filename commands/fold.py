@@ -10,9 +10,8 @@ next year reaches the same outcomes as the live run did.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from commands.envelope import DELETE, PATCH, PUT, Event
 
@@ -28,9 +27,10 @@ class Status(StrEnum):
     DUPLICATE = "duplicate"
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """A key's state. A deleted key stays as a tombstone, so conditions and retries still see it."""
+class Record(NamedTuple):
+    """A key's state. A deleted key stays as a tombstone, so conditions and retries still see it.
+
+    A named tuple, like `Event`: immutable and cheap to make (the fold makes one per accepted event)."""
 
     value: Any
     version: int  # the offset of the last accepted event
@@ -45,8 +45,9 @@ class Record:
         return not self.deleted and (self.expires_at is None or ts < self.expires_at)
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
+    """What one event did to its key (a named tuple, like `Record`: the fold makes one per event)."""
+
     status: Status
     record: Record | None  # the record after the event (unchanged unless accepted)
     version: int | None = None  # accepted: the new version; duplicate: the version the original produced

@@ -16,9 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-from aiokafka import ConsumerRecord
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from commands.envelope import MalformedEvent, decode
 from commands.log import record_key
@@ -33,19 +31,32 @@ log = logging.getLogger("ams.projector")
 PROGRESS_SECONDS = 5.0  # how often a long catch-up says how far it got
 
 
-@dataclass(frozen=True, slots=True)
-class RawRecord:
+class LogRecord(Protocol):
+    """One record of the log as the projector reads it: an aiokafka `ConsumerRecord` is one as it is."""
+
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+    @property
+    def timestamp(self) -> int: ...  # milliseconds
+    @property
+    def key(self) -> bytes | None: ...
+
+
+class RawRecord(NamedTuple):
+    """A `LogRecord` made from what another client (Faust) delivers."""
+
     partition: int
     offset: int
     value: bytes | None
     headers: Sequence[tuple[str, bytes]] = ()
-    timestamp_ms: int = 0
+    timestamp: int = 0
     key: bytes | None = None
-
-    @classmethod
-    def of(cls, record: ConsumerRecord) -> RawRecord:
-        """From an aiokafka record (timestamps in milliseconds)."""
-        return cls(record.partition, record.offset, record.value, list(record.headers), record.timestamp, record.key)
 
 
 class Reseek(Exception):
@@ -66,7 +77,7 @@ class Projector:
     label: str = ""
     checkpoints: dict[int, int] = field(default_factory=dict)
     # Parses a record of a topic other than memory.events; raises MalformedEvent for poison.
-    decoder: Callable[[RawRecord], Any] | None = None
+    decoder: Callable[[LogRecord], Any] | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
@@ -81,8 +92,8 @@ class Projector:
     def resume_offset(self, partition: int) -> int:
         return self.checkpoints.get(partition, NO_CHECKPOINT) + 1
 
-    async def handle(self, records: Sequence[RawRecord]) -> None:
-        by_partition: dict[int, list[RawRecord]] = {}
+    async def handle(self, records: Sequence[LogRecord]) -> None:
+        by_partition: dict[int, list[LogRecord]] = {}
         for record in records:
             by_partition.setdefault(record.partition, []).append(record)
         async with self._lock:
@@ -133,7 +144,7 @@ class Projector:
                 log.warning("%s projection: partition %d is being caught up with the log, at offset %d",
                             self.label, partition, self.checkpoints.get(partition, NO_CHECKPOINT))
 
-    async def _handle_partition(self, partition: int, batch: list[RawRecord]) -> None:
+    async def _handle_partition(self, partition: int, batch: Sequence[LogRecord]) -> None:
         for _ in range(3):
             try:
                 await self._handle_fresh(partition, batch)
@@ -149,7 +160,7 @@ class Projector:
                 # Otherwise another writer moved it forward (a rebuild went live): skip what it covers.
         raise Reseek({partition: self.resume_offset(partition)})
 
-    async def _handle_fresh(self, partition: int, batch: list[RawRecord]) -> None:
+    async def _handle_fresh(self, partition: int, batch: Sequence[LogRecord]) -> None:
         expected = self.checkpoints.get(partition, NO_CHECKPOINT)
         fresh = [record for record in batch if record.offset > expected]
         if not fresh:
@@ -171,10 +182,10 @@ class Projector:
                 metrics.DEAD_LETTERED.labels(self.label).inc(len(poison))
             await self._apply(partition, events, fresh[-1].offset, expected)
 
-    def _decode(self, record: RawRecord) -> Any:
+    def _decode(self, record: LogRecord) -> Any:
         if self.decoder is not None:
             return self.decoder(record)
-        return decode(record.value, record.headers, default_tenant=self.default_tenant, record_ts=record.timestamp_ms)
+        return decode(record.value, record.headers, default_tenant=self.default_tenant, record_ts=record.timestamp)
 
     async def _apply(self, partition: int, events: list[Positioned], through: int, expected: int) -> None:
         try:

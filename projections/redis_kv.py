@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import orjson
 import redis.asyncio as aioredis
@@ -137,10 +137,12 @@ class RecordCache:
         self._entries.move_to_end(address)
         return True, entry[1]
 
-    def put(self, address: Address, record: Record | None) -> None:
-        self._entries[address] = (time.monotonic(), record)
-        self._entries.move_to_end(address)
-        while len(self._entries) > self.size:
+    def put_many(self, records: Iterable[tuple[Address, Record | None]]) -> None:
+        now, entries = time.monotonic(), self._entries
+        for address, record in records:
+            entries[address] = (now, record)
+            entries.move_to_end(address)
+        while len(entries) > self.size:
             self._entries.popitem(last=False)
             self.complete = False
 
@@ -213,17 +215,16 @@ class RedisSink(ProjectionSink):
     async def apply(
         self, partition: int, events: Sequence[Positioned], through: int, expected: int
     ) -> list[Outcome | None]:
-        kv_events = [item for item in events if item.event.type != STREAM_APPEND]
-        records = await self._read_records(partition, kv_events)
-        before = dict(records)
+        addresses = [None if item.event.type == STREAM_APPEND else self._address(partition, item) for item in events]
+        records = await self._read_records(address for address in addresses if address is not None)
+        before = dict(records) if self._carries_effects else records
         outcomes: list[Outcome | None] = []
         rejected: list[tuple[int, Outcome]] = []
         touched: dict[Address, Record] = {}
-        for item in events:
-            if item.event.type == STREAM_APPEND:
+        for item, address in zip(events, addresses, strict=True):
+            if address is None:
                 outcomes.append(None)
                 continue
-            address = self._address(partition, item)
             outcome = apply(records.get(address), item.event, item.offset)
             outcomes.append(outcome)
             if outcome.accepted and outcome.record is not None:
@@ -254,8 +255,7 @@ class RedisSink(ProjectionSink):
                 why = f" (a rebuild moved it to generation {live})"
                 raise CheckpointMoved(partition, expected, int(found) if found is not None else -1, why) from None
             raise
-        for address, record in touched.items():
-            self.cache.put(address, record)
+        self.cache.put_many(touched.items())
         if self.wait_replicas:
             await self._wait_for_replicas(partition, through)
         return outcomes
@@ -266,6 +266,11 @@ class RedisSink(ProjectionSink):
             log.warning("partition %d through offset %d: %d of %d Redis replicas acknowledged within %d ms; "
                         "a failover now could lose this batch from the hot state until it is replayed",
                         partition, through, acknowledged, self.wait_replicas, self.wait_timeout_ms)
+
+    @property
+    def _carries_effects(self) -> bool:
+        """Whether a subclass overrides `before_commit` (so it needs each record as it was before)."""
+        return type(self).before_commit is not RedisSink.before_commit
 
     async def before_commit(
         self, partition: int, through: int, before: Mapping[Address, Record | None], after: Mapping[Address, Record]
@@ -283,10 +288,10 @@ class RedisSink(ProjectionSink):
         home = partition if item.routed else partition_for(kafka_key(tenant, key), self.partitions)
         return home, tenant, key
 
-    async def _read_records(self, partition: int, events: Sequence[Positioned]) -> dict[Address, Record | None]:
+    async def _read_records(self, addresses: Iterable[Address]) -> dict[Address, Record | None]:
         records: dict[Address, Record | None] = {}
         missing: list[Address] = []
-        for address in dict.fromkeys(self._address(partition, item) for item in events):
+        for address in dict.fromkeys(addresses):
             cached, record = self.cache.get(address)
             if cached:
                 records[address] = record

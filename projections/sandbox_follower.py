@@ -20,7 +20,7 @@ from ams.namespaces import Namespace
 from ams.settings import Settings
 from projections.dead_letters import DeadLetters
 from projections.log_reader import PartitionReader
-from projections.projector import Projector, RawRecord, Reseek
+from projections.projector import Projector, Reseek
 from projections.sink import ProjectionSink
 from replay.sandboxes import SandboxSpec, follow_registry
 
@@ -83,7 +83,7 @@ class SandboxFollower:
                         consumer.seek(TopicPartition(namespace.topic, partition), projector.resume_offset(partition))
                     checked = time.monotonic()
                 batch = await consumer.getmany(timeout_ms=500, max_records=2000)
-                records = [RawRecord.of(r) for tp_records in batch.values() for r in tp_records]
+                records = [record for tp_records in batch.values() for record in tp_records]
                 try:
                     await projector.handle(records)
                 except Reseek as reseek:

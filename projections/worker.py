@@ -21,7 +21,7 @@ from projections import metrics
 from projections.dead_letters import DeadLetters
 from projections.faust_app import ProjectionApp
 from projections.log_reader import PartitionReader
-from projections.projector import Projector, RawRecord, Reseek
+from projections.projector import LogRecord, Projector, RawRecord, Reseek
 from projections.sandbox_follower import SandboxFollower
 from projections.sink import ProjectionSink
 
@@ -71,7 +71,7 @@ SINKS: dict[str, Callable[[Settings, Namespace], ProjectionSink]] = {
 SANDBOXED = ("redis", "postgres")
 
 
-def _source(sink: ProjectionSink, settings: Settings) -> tuple[str, Callable[[RawRecord], Any] | None]:
+def _source(sink: ProjectionSink, settings: Settings) -> tuple[str, Callable[[LogRecord], Any] | None]:
     """The topic a sink reads, and the decoder of its records (None: the event envelope)."""
     if sink.source == "embeddings":
         from projections.embeddings import decode_op
