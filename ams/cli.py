@@ -119,7 +119,7 @@ def cmd_rebuild(args: argparse.Namespace) -> None:
 
     from replay.rebuild import rebuild_redis
 
-    state = asyncio.run(rebuild_redis(get_settings(), restart=args.restart))
+    state = asyncio.run(rebuild_redis(get_settings(), restart=args.restart, workers=args.workers))
     console.print(f"redis: generation {state.generation} is live ({state.applied} events replayed, "
                   f"{state.events_per_second:,.0f} events/s)")
 
@@ -195,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild = sub.add_parser("rebuild", help="rebuild a projection from offset 0 beside the live one, then swap")
     rebuild.add_argument("projection", choices=["redis"])
     rebuild.add_argument("--restart", action="store_true", help="discard an unfinished rebuild and start over")
+    rebuild.add_argument("--workers", type=int, default=None,
+                         help="worker processes sharing the partitions (default: one per CPU)")
     rebuild.set_defaults(func=cmd_rebuild)
 
     sandbox = sub.add_parser("sandbox", help="fork the log into a sandbox; list, diff and drop sandboxes")
