@@ -26,7 +26,7 @@ from commands.envelope import STREAM_APPEND, now_ms
 from commands.fold import IDEMPOTENCY_WINDOW_MS, Outcome, Record, apply
 from commands.keys import kafka_key, partition_for
 from projections.redis_layout import RedisLayout
-from projections.sink import TRANSIENT, CheckpointMoved, Positioned, ProjectionSink
+from projections.sink import NO_CHECKPOINT, TRANSIENT, CheckpointMoved, Positioned, ProjectionSink
 
 log = logging.getLogger("ams.projector")
 
@@ -46,7 +46,7 @@ Address = tuple[int, str, str]  # (partition the key routes to, tenant, key)
 #   outcomes  [[key, value, seconds], ...]                 remember rejected events' outcomes
 # Every number travels as a string: Lua would print a large one in exponent form.
 # A writer of a generation older than the pointer's has been retired by a rebuild: it must not write.
-APPLY_BATCH = """
+GUARD = """
 local live = redis.call('GET', KEYS[2]) or '0'
 if tonumber(live) > tonumber(ARGV[5]) then
   return redis.error_reply('GENERATION ' .. live)
@@ -55,6 +55,8 @@ local current = redis.call('GET', KEYS[1]) or '-1'
 if current ~= ARGV[1] then
   return redis.error_reply('CHECKPOINT ' .. current)
 end
+"""
+WRITE = """
 for _, record in ipairs(cjson.decode(ARGV[6])) do
   redis.call('DEL', record[1])
   redis.call('HSET', record[1], unpack(record, 3))
@@ -72,10 +74,19 @@ end
 for _, outcome in ipairs(cjson.decode(ARGV[8])) do
   redis.call('SET', outcome[1], outcome[2], 'EX', outcome[3])
 end
+"""
+APPLY_BATCH = GUARD + WRITE + """
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('PUBLISH', ARGV[3], ARGV[5] .. ':' .. ARGV[4] .. ':' .. ARGV[2])
 return 'OK'
 """
+
+# A part of a batch too big for one call, which would block Redis's readers for long (only a rebuild,
+# whose generation nobody reads yet, writes one). KEYS[3] marks the partition "unfinished" at the
+# expected checkpoint: until the batch's last part (APPLY_BATCH) moves the checkpoint, the partition holds
+# records from beyond it, and a resumed rebuild starts that partition over (see `checkpoints`).
+APPLY_PART = GUARD + "redis.call('SET', KEYS[3], ARGV[1])" + WRITE + "return 'OK'"
+PART_RECORDS = 2_000  # records per call: a few milliseconds of Redis's time
 
 
 def encode_record(record: Record) -> list[str]:
@@ -172,6 +183,7 @@ class RedisSink(ProjectionSink):
         self.wait_replicas, self.wait_timeout_ms = wait_replicas, wait_timeout_ms
         self.cache = RecordCache()
         self._script = self.client.register_script(APPLY_BATCH)
+        self._part = self.client.register_script(APPLY_PART)
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -194,6 +206,12 @@ class RedisSink(ProjectionSink):
                     found[name.decode()[len(prefix):]] = record
         return found
 
+    async def _unfinished(self, found: Mapping[int, int]) -> list[int]:
+        """Partitions whose last batch wrote some of its parts but not the last one (the checkpoint)."""
+        markers = await self.client.mget([self.layout_of(p).unfinished(p) for p in range(self.partitions)])
+        return [partition for partition, marker in enumerate(markers)
+                if marker is not None and int(marker) == found.get(partition, NO_CHECKPOINT)]
+
     def layout_of(self, partition: int) -> RedisLayout:
         return self.layout.at(self.generations[partition])
 
@@ -208,6 +226,14 @@ class RedisSink(ProjectionSink):
         await self.refresh_generations()
         values = await self.client.mget([self.layout_of(p).checkpoint(p) for p in range(self.partitions)])
         found = {partition: int(value) for partition, value in enumerate(values) if value is not None}
+        if self.building is not None:
+            for partition in await self._unfinished(found):
+                log.warning("redis rebuild: partition %d of generation %d was interrupted in the middle of a "
+                            "batch; building it again from offset 0", partition, self.building)
+                async for name in self.client.scan_iter(match=self.layout_of(partition).partition_prefix(partition)
+                                                        + "*", count=1000):
+                    await self.client.unlink(name)
+                found.pop(partition, None)
         # A rebuild starting an empty generation: nothing is there that this sink will not have written.
         self.cache.complete = self.building is not None and not found
         return found
@@ -233,12 +259,15 @@ class RedisSink(ProjectionSink):
                 rejected.append((item.offset, outcome))
         await self.before_commit(partition, through, before, touched)
         layout = self.layout_of(partition)
+        keys = [layout.checkpoint(partition), layout.pointer(partition), layout.unfinished(partition)]
+        args: list[str | int] = [expected, through, layout.applied_channel, partition, layout.generation]
+        unwritten = list(touched.items())
         try:
-            await self._script(
-                keys=[layout.checkpoint(partition), layout.pointer(partition)],
-                args=[expected, through, layout.applied_channel, partition, layout.generation,
-                      *self._operations(partition, touched, rejected)],
-            )
+            if self.building is not None:
+                while len(unwritten) > PART_RECORDS:
+                    part, unwritten = dict(unwritten[:PART_RECORDS]), unwritten[PART_RECORDS:]
+                    await self._part(keys=keys, args=[*args, *self._operations(partition, part, [])])
+            await self._script(keys=keys[:2], args=[*args, *self._operations(partition, dict(unwritten), rejected)])
         except BaseException as error:
             self.cache.clear()  # the script may or may not have run: Redis is the truth again
             if not isinstance(error, ResponseError):

@@ -48,6 +48,10 @@ class RedisLayout:
         """
         return f"{self._tag(partition)}:live"
 
+    def unfinished(self, partition: int) -> str:
+        """Set by a rebuild writing a big batch in parts: the checkpoint it expected (see redis_kv.py)."""
+        return f"{self._tag(partition)}:unfinished"
+
     def outcome(self, partition: int, offset: int) -> str:
         """The outcome of an event the fold did not accept, kept for writers waiting on it."""
         return f"{self._tag(partition)}:out:{offset}"
