@@ -34,8 +34,10 @@ class TestRedisSink(SinkContract):
         home = partition_for(kafka_key(tenant, key), sink.partitions)
         value, version, expires, deleted = await sink.client.hmget(
             sink.layout_of(home).record(home, tenant, key), ["value", "version", "expires", "deleted"])
-        if value is None or deleted == b"1" or (int(expires or 0) and int(expires) <= now_ms()):
+        expiry = int(expires or 0)
+        if value is None or deleted == b"1" or (expiry and expiry <= now_ms()):
             return None
+        assert version is not None
         return {"value": orjson.loads(value), "version": int(version)}
 
 
