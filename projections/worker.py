@@ -47,7 +47,9 @@ def _redis_sink(settings: Settings, namespace: Namespace) -> ProjectionSink:
 def _postgres_sink(settings: Settings, namespace: Namespace) -> ProjectionSink:
     from projections.postgres import PostgresSink
 
-    return PostgresSink(settings.postgres_dsn, namespace.postgres_schema, settings.partitions)
+    # Sandboxes borrow the process's one pool: a pool each made a few dozen sandboxes exhaust PostgreSQL.
+    home = None if namespace.is_live else settings.postgres_schema
+    return PostgresSink(settings.postgres_dsn, namespace.postgres_schema, settings.partitions, home=home)
 
 
 def _embedder_sink(settings: Settings, namespace: Namespace) -> ProjectionSink:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import asdict, dataclass, field, replace
 
 import orjson
@@ -67,7 +67,9 @@ def registry_topic(settings: Settings) -> str:
     return f"{settings.events_topic}.sandboxes"
 
 
-async def follow_registry(settings: Settings, *, once: bool = False) -> AsyncIterator[tuple[bytes, SandboxSpec | None]]:
+async def follow_registry(
+    settings: Settings, *, once: bool = False
+) -> AsyncGenerator[tuple[bytes, SandboxSpec | None], None]:
     """Every registry record from the start (then, unless ``once``, new ones as they come)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
                                 isolation_level="read_committed")
@@ -81,9 +83,10 @@ async def follow_registry(settings: Settings, *, once: bool = False) -> AsyncIte
             if once and await consumer.position(tp) >= end:
                 return
             batch = await consumer.getmany(tp, timeout_ms=500)
-            for record in batch.get(tp, []):
-                spec = SandboxSpec(**orjson.loads(record.value)) if record.value is not None else None
-                yield record.key, spec
+            # The newest record of each key in the batch: a sandbox created and dropped since is only dropped.
+            newest = {record.key: record.value for record in batch.get(tp, [])}
+            for key, value in newest.items():
+                yield key, SandboxSpec(**orjson.loads(value)) if value is not None else None
     finally:
         await consumer.stop()
 
