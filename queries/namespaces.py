@@ -1,7 +1,8 @@
 """Which namespace a request is served from: live memory, or the sandbox named in ``X-AMS-Sandbox``.
 
-The gateway follows the sandbox registry and keeps, per sandbox, the same two contexts the live namespace
-has: the command side appends to the sandbox's topic, the query side reads the sandbox's projections.
+The gateway follows the sandbox registry and keeps, per sandbox, the same contexts the live namespace has:
+the command side appends to the sandbox's topic, the query side reads the sandbox's projections, vector
+search reads the sandbox's FAISS view.
 A sandbox belongs to a tenant (or to all tenants, an operator's sandbox, in which each tenant still sees
 only its own keys); another tenant's sandbox is simply not there, as a missing key is not.
 """
@@ -25,6 +26,7 @@ from projections.redis_layout import RedisLayout
 from queries.cold import ColdStore
 from queries.context import QueryContext
 from queries.positions import AppliedChannels, AppliedPositions
+from queries.vectors import VectorServices
 from replay.sandboxes import SandboxSpec, follow_registry
 
 log = logging.getLogger("ams.gateway")
@@ -36,8 +38,10 @@ class Served:
     namespace: Namespace
     commands: CommandContext
     queries: QueryContext
+    vectors: VectorServices
 
     async def stop(self) -> None:
+        await self.vectors.stop()
         await self.queries.applied.stop()
         await self.queries.cold.stop()
 
@@ -60,9 +64,16 @@ class GatewayNamespaces:
         cold = ColdStore(replace(self.settings, postgres_schema=namespace.postgres_schema),
                          home=self.settings.postgres_schema)
         await cold.start()
+        vectors = VectorServices(self.settings, self.redis, namespace)
+        try:
+            await vectors.start()
+        except BaseException:
+            await cold.stop()
+            await applied.stop()
+            raise
         event_log = self.live_log if namespace.is_live else self.live_log.at(namespace.topic)
         return Served(namespace, CommandContext(self.settings, event_log, applied),
-                      QueryContext(self.settings, self.redis, applied, self.live_log.partitions, cold))
+                      QueryContext(self.settings, self.redis, applied, self.live_log.partitions, cold), vectors)
 
     async def start(self, live: Namespace) -> None:
         self.live = await self.serve(live)

@@ -123,7 +123,7 @@ async def create_sandbox(settings: Settings, owner: str, name: str, *, key_prefi
         source = {str(partition): head - 1 for partition, head in heads.items()}
     spec = SandboxSpec(owner, name, key_prefix, until, source_offsets=source)
     selection = Selection(None if owner == ALL_TENANTS else owner, key_prefix, spec.source_cut())
-    await _create_topic(settings, namespace.topic)
+    await _create_topics(settings, [namespace.topic, namespace.embeddings_topic])
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", max_request_size=8 << 20,
                                 transactional_id=f"ams-sandbox-{owner}-{name}", transaction_timeout_ms=900_000)
     await producer.start()
@@ -147,7 +147,8 @@ async def create_sandbox(settings: Settings, owner: str, name: str, *, key_prefi
 
 
 async def drop_sandbox(settings: Settings, owner: str, name: str) -> SandboxSpec:
-    """Unregister the sandbox and delete its topic; projection workers then drop its state."""
+    """Unregister the sandbox and delete its topics; projection workers then drop its state, and gateways
+    its FAISS view (held in memory only)."""
     key = f"{owner}|{check_name(name)}".encode()
     spec = (await list_sandboxes(settings)).get(key)
     if spec is None:
@@ -155,8 +156,12 @@ async def drop_sandbox(settings: Settings, owner: str, name: str) -> SandboxSpec
     await _register(settings, key, None)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
+    namespace = spec.namespace(settings)
     try:
-        await admin.delete_topics([spec.namespace(settings).topic])
+        existing = set(await admin.list_topics())
+        found = [topic for topic in (namespace.topic, namespace.embeddings_topic) if topic in existing]
+        if found:
+            await admin.delete_topics(found)
     except UnknownTopicOrPartitionError:
         pass
     finally:
@@ -164,11 +169,16 @@ async def drop_sandbox(settings: Settings, owner: str, name: str) -> SandboxSpec
     return spec
 
 
-async def _create_topic(settings: Settings, topic: str) -> None:
+async def _create_topics(settings: Settings, topics: list[str]) -> None:
+    """The sandbox's log and embeddings stream, configured like the live ones (same partitions, kept forever)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(topic, settings.partitions, 1, topic_configs=log_topic_configs())])
+        existing = set(await admin.list_topics())
+        missing = [NewTopic(topic, settings.partitions, 1, topic_configs=log_topic_configs())
+                   for topic in topics if topic not in existing]
+        if missing:
+            await admin.create_topics(missing)
     except TopicAlreadyExistsError:
         pass
     finally:
