@@ -173,7 +173,7 @@ class ColdStore(PositionTracker):
 
     async def _caught_up(self) -> None:
         """Listening (again): changes made while nobody listened were not announced."""
-        with contextlib.suppress(ApiError):
+        with contextlib.suppress(ApiError, asyncpg.UndefinedTableError):  # a sandbox being dropped, as in _poll
             await self.refresh()
         self.watchers.wake(None)
 

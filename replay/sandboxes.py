@@ -83,9 +83,17 @@ async def follow_registry(
             if once and await consumer.position(tp) >= end:
                 return
             batch = await consumer.getmany(tp, timeout_ms=500)
-            # The newest record of each key in the batch: a sandbox created and dropped since is only dropped.
-            newest = {record.key: record.value for record in batch.get(tp, [])}
+            # The newest record of each key in the batch (a sandbox created and dropped since is only dropped,
+            # which spares a follower catching up from serving it in between), after a drop when there was one.
+            newest: dict[bytes, bytes | None] = {}
+            dropped: set[bytes] = set()
+            for record in batch.get(tp, []):
+                newest[record.key] = record.value
+                if record.value is None:
+                    dropped.add(record.key)
             for key, value in newest.items():
+                if value is not None and key in dropped:
+                    yield key, None  # dropped, then created again under the same name
                 yield key, SandboxSpec(**orjson.loads(value)) if value is not None else None
     finally:
         await consumer.stop()
