@@ -68,6 +68,7 @@ def cmd_gateway(args: argparse.Namespace) -> None:
         port=args.port or settings.gateway_port,
         log_level="warning",
         access_log=False,
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
 
 

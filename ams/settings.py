@@ -87,6 +87,9 @@ class Settings:
     gateway_instance: str = field(
         default_factory=lambda: _env("GATEWAY_INSTANCE", f"{socket.gethostname()}-{_env('GATEWAY_PORT', '8787')}")
     )
+    # On SIGTERM the gateway stops taking requests, lets open ones finish for this long (a watch never
+    # finishes by itself), then closes them and stops.
+    shutdown_grace_seconds: int = field(default_factory=lambda: _env_int("SHUTDOWN_GRACE_SECONDS", 3))
     projector_metrics_port: int = field(
         default_factory=lambda: _env_int("PROJECTOR_METRICS_PORT", 9187)
     )

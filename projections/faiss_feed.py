@@ -43,9 +43,13 @@ def snapshot_path(settings: Settings) -> Path:
 
 
 class FaissFeed:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, topic: str | None = None) -> None:
+        """The view of ``topic`` (default: the live embeddings stream, snapshotted at the live path). A
+        sandbox's view reads its own stream and keeps no snapshot: it replays its (small) stream at start,
+        and leaves no file behind when the sandbox is dropped."""
         self.settings = settings
-        self.path = snapshot_path(settings)
+        self.topic = topic or settings.embeddings_topic
+        self.path = None if topic else snapshot_path(settings)
         self.view = FaissView(index_params(settings))
         self._advanced = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -53,15 +57,15 @@ class FaissFeed:
         self._consumer: AIOKafkaConsumer | None = None
 
     async def start(self) -> None:
-        if self.path.exists():
+        if self.path is not None and self.path.exists():
             try:
                 self.view = await asyncio.to_thread(FaissView.load, self.path, index_params(self.settings))
                 RESTORED.set(sum(len(index.entries) for index in self.view.tenants.values()))
                 log.info("FAISS view restored from %s at %s", self.path, self.view.checkpoints)
             except (OSError, ValueError, KeyError) as error:
                 log.error("FAISS snapshot %s is unreadable (%r); rebuilding the view from %s", self.path, error,
-                          self.settings.embeddings_topic)
-        topic = self.settings.embeddings_topic
+                          self.topic)
+        topic = self.topic
         partitions = await self._partitions(topic)
         self._consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False,
                                           isolation_level="read_committed", max_partition_fetch_bytes=8 << 20)
@@ -88,12 +92,13 @@ class FaissFeed:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._dirty:
+        if self._dirty and self.path is not None:
             await self.snapshot()
         if self._consumer is not None:
             await self._consumer.stop()
 
     async def snapshot(self) -> None:
+        assert self.path is not None, "a sandbox's view keeps no snapshot"
         await asyncio.to_thread(self.view.save, self.path)
         self._dirty = False
         SNAPSHOTS.inc()
@@ -106,14 +111,15 @@ class FaissFeed:
                 batch = await self._consumer.getmany(timeout_ms=500, max_records=2000)
                 if batch:
                     await self._apply(batch)
-                if self._dirty and time.monotonic() - last_snapshot >= self.settings.vector_snapshot_seconds:
+                due = time.monotonic() - last_snapshot >= self.settings.vector_snapshot_seconds
+                if self._dirty and self.path is not None and due:
                     await self.snapshot()
                     last_snapshot = time.monotonic()
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # noqa: BLE001 - keep the view alive through broker restarts
                 log.warning("FAISS view: reading or applying %s failed (%r); re-reading from its checkpoint",
-                            self.settings.embeddings_topic, error)
+                            self.topic, error)
                 await asyncio.sleep(1)
                 await self._rewind()
 
@@ -160,7 +166,7 @@ class FaissFeed:
         self._dirty = True
         for tp in batch:
             highwater = self._consumer.highwater(tp) if self._consumer else None
-            if highwater is not None:
+            if highwater is not None and self.path is not None:  # the live view's lag (a sandbox's is no alert)
                 LAG.labels(tp.partition).set(max(0, highwater - 1 - self.view.checkpoints.get(tp.partition, -1)))
         self._advanced.set()
         self._advanced = asyncio.Event()

@@ -21,6 +21,7 @@ import orjson
 from commands.envelope import DELETE, STREAM_APPEND
 from commands.fold import Outcome, Record, apply
 from commands.keys import kafka_key, partition_for
+from projections.postgres_pool import SchemaPool, borrow
 from projections.postgres_schema import applied_channel, create_pool, migrate
 from projections.sink import TRANSIENT, CheckpointMoved, Positioned, ProjectionSink
 
@@ -112,9 +113,13 @@ class PostgresSink(ProjectionSink):
     name = "postgres"
     transient_errors = (*TRANSIENT, *POSTGRES_TRANSIENT)
 
-    def __init__(self, dsn: str, schema: str, partitions: int, *, projection: str = "postgres") -> None:
+    def __init__(self, dsn: str, schema: str, partitions: int, *, projection: str = "postgres",
+                 home: str | None = None) -> None:
+        """``home``: borrow connections from the process's pool whose connections see that schema (a sandbox's
+        sink borrows the live schema's) instead of opening a pool of its own (`projections.postgres_pool`)."""
         self.dsn, self.schema, self.partitions, self.projection = dsn, schema, partitions, projection
-        self._pool: asyncpg.Pool | None = None
+        self.home = home
+        self._pool: asyncpg.Pool | SchemaPool | None = None
 
     async def start(self) -> None:
         await self.pool()
@@ -128,11 +133,15 @@ class PostgresSink(ProjectionSink):
             await connection.close()
         return 1
 
-    async def pool(self) -> asyncpg.Pool:
+    async def pool(self) -> asyncpg.Pool | SchemaPool:
         """The connection pool, created (and the schema migrated) on first use, so that a PostgreSQL that
         is down when the worker starts is retried like any other outage."""
         if self._pool is None:
-            pool = await create_pool(self.dsn, self.schema, min_size=1, max_size=2)
+            pool: asyncpg.Pool | SchemaPool
+            if self.home is None:
+                pool = await create_pool(self.dsn, self.schema, min_size=1, max_size=2)
+            else:
+                pool = borrow(self.dsn, self.home, self.schema, max_size=4)
             try:
                 async with pool.acquire() as connection:
                     await migrate(connection, self.schema)

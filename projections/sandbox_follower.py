@@ -35,19 +35,21 @@ class SandboxFollower:
 
     async def run(self) -> None:
         try:
-            async for key, spec in follow_registry(self.settings):
-                task = self.running.pop(key, None)
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-                if spec is None:
-                    await self._drop(key)
-                else:
-                    self.running[key] = asyncio.create_task(self._project(spec))
+            async with contextlib.aclosing(follow_registry(self.settings)) as registry:  # closed when cancelled
+                async for key, spec in registry:
+                    task = self.running.pop(key, None)
+                    if task is not None:
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
+                    if spec is None:
+                        await self._drop(key)
+                    else:
+                        self.running[key] = asyncio.create_task(self._project(spec))
         finally:
             for task in self.running.values():
                 task.cancel()
+            await asyncio.gather(*self.running.values(), return_exceptions=True)  # their sinks close
 
     async def _drop(self, key: bytes) -> None:
         owner, _, name = key.decode().partition("|")
