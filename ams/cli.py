@@ -118,11 +118,11 @@ def cmd_log_import(args: argparse.Namespace) -> None:
 def cmd_rebuild(args: argparse.Namespace) -> None:
     import asyncio
 
-    from replay.rebuild import rebuild_redis
+    from replay.rebuilds import rebuild
 
-    state = asyncio.run(rebuild_redis(get_settings(), restart=args.restart, workers=args.workers))
-    console.print(f"redis: generation {state.generation} is live ({state.applied} events replayed, "
-                  f"{state.events_per_second:,.0f} events/s)")
+    for state in asyncio.run(rebuild(get_settings(), args.projection, restart=args.restart, workers=args.workers)):
+        console.print(f"{state.projection}: generation {state.generation} is live ({state.applied} events replayed, "
+                      f"{state.events_per_second:,.0f} events/s)")
 
 
 def cmd_sandbox(args: argparse.Namespace) -> None:
@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     project.set_defaults(func=cmd_project)
 
     rebuild = sub.add_parser("rebuild", help="rebuild a projection from offset 0 beside the live one, then swap")
-    rebuild.add_argument("projection", choices=["redis"])
+    rebuild.add_argument("projection", choices=["redis", "postgres", "vectors", "all"])
     rebuild.add_argument("--restart", action="store_true", help="discard an unfinished rebuild and start over")
     rebuild.add_argument("--workers", type=int, default=None,
                          help="worker processes sharing the partitions (default: one per CPU)")

@@ -1,6 +1,7 @@
 """The durable projection: current state, full history and stream entries in PostgreSQL.
 
-A batch is one transaction whatever its size, with a fixed number of statements: lock the partition's
+A batch is one transaction whatever its size, with a fixed number of statements: take the schema's
+batch lock (shared: batches never wait for each other, only for a rebuild's schema swap); lock the partition's
 checkpoint row (``SELECT ... FOR UPDATE``) and compare it with the expected one; read the current records
 of every key the batch touches in one query; fold in memory with `commands.fold.apply`, exactly as the
 Redis projection does; write the new records with one multi-row upsert, the history and the stream
@@ -22,7 +23,7 @@ from commands.envelope import DELETE, STREAM_APPEND
 from commands.fold import Outcome, Record, apply
 from commands.keys import kafka_key, partition_for
 from projections.postgres_pool import SchemaPool, borrow
-from projections.postgres_schema import applied_channel, create_pool, migrate
+from projections.postgres_schema import BATCH_LOCK_SHARED, applied_channel, create_pool, migrate
 from projections.sink import TRANSIENT, CheckpointMoved, Positioned, ProjectionSink
 
 # asyncpg's ways of saying "the server is unreachable, restarting or full": retried, never dead-lettered.
@@ -179,6 +180,9 @@ class PostgresSink(ProjectionSink):
         self, partition: int, events: Sequence[Positioned], through: int, expected: int
     ) -> list[Outcome | None]:
         async with (await self.pool()).acquire() as connection, connection.transaction():
+            # First, before any table is named: a schema swap waits for this batch, or this batch for it
+            # (and then finds the new schema under the same name).
+            await connection.execute(BATCH_LOCK_SHARED, self.schema)
             found = await self._lock_checkpoint(connection, partition)
             if found != expected:
                 raise CheckpointMoved(partition, expected, found)

@@ -103,6 +103,13 @@ def check_schema(schema: str) -> str:
     return schema
 
 
+# Every batch of the projector holds this lock on its schema, shared, for its whole transaction; a rebuild
+# takes it exclusively to swap schemas between two batches (see replay/rebuild_postgres.py).
+BATCH_LOCK_SHARED = "SELECT pg_advisory_xact_lock_shared(hashtext('ams.batches'), hashtext($1))"
+BATCH_LOCK_EXCLUSIVE = "SELECT pg_advisory_lock(hashtext('ams.batches'), hashtext($1))"
+BATCH_UNLOCK = "SELECT pg_advisory_unlock(hashtext('ams.batches'), hashtext($1))"
+
+
 def applied_channel(schema: str) -> str:
     """The NOTIFY channel on which the projector announces every applied batch of ``schema``."""
     return f"{schema}_applied"

@@ -38,6 +38,7 @@ from queries.params import within_log
 BACKENDS = ("faiss", "milvus")
 SEARCH_FIELDS = {"embedding", "text", "k", "filter", "backend"}
 MILVUS_POLL_SECONDS = 0.1
+MILVUS_FOLLOW_SECONDS = 0.5  # how stale a gateway's idea of the live Milvus generation may be (rebuilds)
 
 
 class VectorServices:
@@ -134,6 +135,7 @@ async def _wait_milvus(store: MilvusStore, positions: dict[int, int], timeout: f
     deadline = time.monotonic() + timeout
     while True:
         try:
+            await asyncio.to_thread(store.follow_live, MILVUS_FOLLOW_SECONDS)
             checkpoints = await asyncio.to_thread(store.checkpoints)
         except CollectionReleased:
             checkpoints = {}  # loaded again on the next poll
@@ -172,6 +174,7 @@ async def _milvus_search(vectors: VectorServices, tenant: str, query: np.ndarray
 async def _milvus_attempt(vectors: VectorServices, tenant: str, query: np.ndarray, k: int,
                           conditions: list[Condition]) -> list[dict[str, Any]]:
     store = await vectors.milvus()
+    await asyncio.to_thread(store.follow_live, MILVUS_FOLLOW_SECONDS)
     shape = await asyncio.to_thread(store.tenant_shape, tenant)
     if shape is None:
         return []
