@@ -98,6 +98,10 @@ class Settings:
     write_timeout: float = field(default_factory=lambda: _env_float("WRITE_TIMEOUT", 5.0))
     read_wait_timeout: float = field(default_factory=lambda: _env_float("READ_WAIT_TIMEOUT", 5.0))
     max_batch_operations: int = field(default_factory=lambda: _env_int("MAX_BATCH_OPERATIONS", 500))
+    # A retried command (same Idempotency-Key on the same key or stream) is a duplicate for this long after
+    # it was applied, measured in event time (commands/fold.py). Every projection and rebuild of one log must
+    # use the same value, or they would disagree on which retries were duplicates.
+    idempotency_window_hours: float = field(default_factory=lambda: _env_float("IDEMPOTENCY_WINDOW_HOURS", 1.0))
     # Per-tenant default consistency class by key prefix (see commands/consistency.py).
     consistency_policy: dict[str, dict[str, str]] = field(default_factory=lambda: _env_policy())
     max_watchers_per_tenant: int = field(default_factory=lambda: _env_int("MAX_WATCHERS_PER_TENANT", 8))

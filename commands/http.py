@@ -188,8 +188,9 @@ async def append_observation(request: Request) -> Response:
     headers = {"X-AMS-Position": str(position)}
     if wants_async(request, principal.tenant, []):
         return json_response({**body, "status": "pending"}, 202, headers)
-    await await_applied(request, [position], str(position))
-    return json_response({**body, "status": "accepted"}, 200, headers)
+    [outcome] = await await_applied(request, [position], str(position))
+    # A retried append (same Idempotency-Key) is a duplicate, answered with the original's version.
+    return json_response({**body, **result_of(position, outcome)}, 200, headers)
 
 
 routes = [
