@@ -87,6 +87,9 @@ class Settings:
     gateway_instance: str = field(
         default_factory=lambda: _env("GATEWAY_INSTANCE", f"{socket.gethostname()}-{_env('GATEWAY_PORT', '8787')}")
     )
+    # Names this projection worker among the workers of its projection: unique per worker and stable across
+    # its restarts (its Kafka group instance id, so a restarted worker takes its partitions back at once).
+    projector_instance: str = field(default_factory=lambda: _env("PROJECTOR_INSTANCE", socket.gethostname()))
     projector_metrics_port: int = field(
         default_factory=lambda: _env_int("PROJECTOR_METRICS_PORT", 9187)
     )
@@ -95,6 +98,8 @@ class Settings:
     default_tenant: str = field(default_factory=lambda: _env("DEFAULT_TENANT", "default"))
     max_value_bytes: int = field(default_factory=lambda: _env_int("MAX_VALUE_BYTES", 1 << 20))
     max_body_bytes: int = field(default_factory=lambda: _env_int("MAX_BODY_BYTES", 4 << 20))
+    # How long a write waits for Kafka to acknowledge its append before answering 504 (it may still land).
+    log_timeout: float = field(default_factory=lambda: _env_float("LOG_TIMEOUT", 5.0))
     write_timeout: float = field(default_factory=lambda: _env_float("WRITE_TIMEOUT", 5.0))
     read_wait_timeout: float = field(default_factory=lambda: _env_float("READ_WAIT_TIMEOUT", 5.0))
     max_batch_operations: int = field(default_factory=lambda: _env_int("MAX_BATCH_OPERATIONS", 500))
