@@ -35,17 +35,21 @@ SELECT tenant, $2 || stream AS key, count AS value, version, created_ts, updated
        false AS deleted, commands
 FROM stream_current WHERE home_partition = $1
 """
-# The command indexes of the partition's keys and streams whose list of command ids is full: their accepted
-# commands newer than a cutoff, oldest first (an index keeps the newest entry of an id).
+# The command indexes of the partition's keys and streams whose list of command ids is full: the accepted
+# commands newer than a cutoff that the record's list let go, oldest first (an index keeps an id's newest).
 COMMAND_INDEX = """
 SELECT h.tenant, h.key, h.command_id, h.log_offset, h.ts FROM kv_current c
 JOIN kv_history h ON h.tenant = c.tenant AND h.key = c.key
 WHERE c.home_partition = $1 AND json_array_length(c.commands) >= $2 AND h.status = 'accepted'
-  AND h.command_id IS NOT NULL AND h.ts > $3 AND h.log_offset >= 0
+  AND h.command_id IS NOT NULL AND h.ts > $3
+  AND NOT EXISTS (SELECT 1 FROM json_array_elements(c.commands) kept
+                  WHERE kept->>0 = h.command_id AND (kept->>1)::int8 = h.log_offset)
 UNION ALL
 SELECT e.tenant, $4 || e.stream, e.command_id, e.log_offset, e.ts FROM stream_current s
 JOIN stream_entries e ON e.tenant = s.tenant AND e.stream = s.stream
 WHERE s.home_partition = $1 AND json_array_length(s.commands) >= $2 AND e.command_id IS NOT NULL AND e.ts > $3
+  AND NOT EXISTS (SELECT 1 FROM json_array_elements(s.commands) kept
+                  WHERE kept->>0 = e.command_id AND (kept->>1)::int8 = e.log_offset)
 ORDER BY ts, log_offset
 """
 # Events the fold did not accept, recently enough that a writer may still be waiting for their outcome.
