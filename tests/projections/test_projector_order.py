@@ -63,7 +63,7 @@ async def test_records_past_a_gap_or_repeated_are_applied_once_in_log_order(
         # and hands offsets 3 and 4 over twice.
         await projector.handle([records[2], records[3], records[4], records[3], records[4], records[5]])
         home = partition_for(kafka_key(tenant, "k"), 1)
-        stored = decode_record(await sink.client.hgetall(sink.layout_of(home).record(home, tenant, "k")))
+        stored = decode_record(await sink.client.hgetall(sink.layout_of(home).record(home, tenant, "k")))  # type: ignore[arg-type]
         expected, outcomes = fold([(event, record.offset) for event, record in zip(events, records, strict=True)])
         assert stored == expected
         assert projector.checkpoints[0] == records[-1].offset
