@@ -56,6 +56,7 @@ NOTIFY_PAYLOAD_LIMIT = 7000  # PostgreSQL refuses payloads of 8000 bytes or more
 HISTORY_COLUMNS = ("partition", "log_offset", "event_id", "type", "tenant", "key", "actor", "command_id", "ts",
                    "data", "status", "reason", "outcome_version", "version", "value", "deleted", "expires_at")
 STREAM_COLUMNS = ("partition", "log_offset", "event_id", "tenant", "stream", "actor", "ts", "data", "command_id")
+RETRY_COLUMNS = ("partition", "log_offset", "tenant", "stream", "command_id", "ts", "reason", "outcome_version")
 RECORD_COLUMNS = "value, version, created_ts, updated_ts, expires_at, deleted, commands"
 
 READ_RECORDS = f"""
@@ -211,10 +212,15 @@ class PostgresSink(ProjectionSink):
                 await connection.execute(UPSERT_STREAMS, *self._stream_columns(streams))
             if history:
                 await connection.copy_records_to_table("kv_history", records=history, columns=HISTORY_COLUMNS)
-            entries = [self._stream_row(partition, item) for item, outcome in zip(events, outcomes, strict=True)
-                       if item.event.type == STREAM_APPEND and outcome is not None and outcome.accepted]
+            appends = [(item, outcome) for item, outcome in zip(events, outcomes, strict=True)
+                       if item.event.type == STREAM_APPEND and outcome is not None]
+            entries = [self._stream_row(partition, item) for item, outcome in appends if outcome.accepted]
             if entries:
                 await connection.copy_records_to_table("stream_entries", records=entries, columns=STREAM_COLUMNS)
+            retries = [(partition, item.offset, item.event.tenant, item.event.key, item.event.command_id, item.event.ts,
+                        outcome.reason, outcome.version) for item, outcome in appends if not outcome.accepted]
+            if retries:
+                await connection.copy_records_to_table("stream_retries", records=retries, columns=RETRY_COLUMNS)
             tenants = {item.event.tenant for item in events}
             await connection.execute(MOVE_CHECKPOINT, self.projection, partition, through,
                                      applied_channel(self.schema), notify_payload(partition, through, tenants))

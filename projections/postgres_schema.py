@@ -113,6 +113,21 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE stream_entries ADD COLUMN command_id text;
         CREATE INDEX stream_entries_command ON stream_entries (tenant, stream, command_id)
             WHERE command_id IS NOT NULL;
+
+        -- Appends the fold found to be retries, with the original's version: what a writer waiting on one
+        -- is told, kept so that a hot store restored from here can still tell it (kv_history does this
+        -- for key-value events).
+        CREATE TABLE stream_retries (
+            partition integer NOT NULL,
+            log_offset bigint NOT NULL,
+            tenant text COLLATE "C" NOT NULL,
+            stream text COLLATE "C" NOT NULL,
+            command_id text NOT NULL,
+            ts bigint NOT NULL,
+            reason text NOT NULL,
+            outcome_version bigint NOT NULL,
+            PRIMARY KEY (partition, log_offset)
+        );
     """),
 )
 

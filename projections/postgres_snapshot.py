@@ -56,6 +56,9 @@ ORDER BY ts, log_offset
 UNACCEPTED = """
 SELECT log_offset, ts, status, reason, outcome_version FROM kv_history
 WHERE partition = $1 AND status <> 'accepted' AND ts > $2 AND log_offset <= $3
+UNION ALL
+SELECT log_offset, ts, 'duplicate', reason, outcome_version FROM stream_retries
+WHERE partition = $1 AND ts > $2 AND log_offset <= $3
 """
 
 

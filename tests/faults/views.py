@@ -192,6 +192,8 @@ class PostgresView:
                 if logged.status is Status.ACCEPTED:
                     rows[f"entry:{logged.position}"] = {"stream": logged.event.key,
                                                         "command_id": logged.event.command_id}
+                else:
+                    rows[f"retry:{logged.position}"] = {"version": logged.version, "reason": logged.reason}
             else:
                 rows[f"history:{logged.position}"] = {"status": logged.status.value, "version": logged.version,
                                                       "reason": logged.reason}
@@ -222,6 +224,11 @@ class PostgresView:
                     log.tenant):
                 rows[f"entry:{row['partition']}:{row['log_offset']}"] = {"stream": row["stream"],
                                                                          "command_id": row["command_id"]}
+            for row in await connection.fetch(
+                    "SELECT partition, log_offset, outcome_version, reason FROM stream_retries WHERE tenant = $1",
+                    log.tenant):
+                rows[f"retry:{row['partition']}:{row['log_offset']}"] = {"version": row["outcome_version"],
+                                                                         "reason": row["reason"]}
             return rows
         finally:
             await connection.close()
