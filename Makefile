@@ -38,7 +38,7 @@ status:
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
-	$(BIN)/mypy ams commands projections queries replay compose memory_client
+	$(BIN)/mypy .
 
 clean: down
 	rm -rf .ams

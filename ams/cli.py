@@ -68,6 +68,7 @@ def cmd_gateway(args: argparse.Namespace) -> None:
         port=args.port or settings.gateway_port,
         log_level="warning",
         access_log=False,
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
 
 
@@ -117,11 +118,11 @@ def cmd_log_import(args: argparse.Namespace) -> None:
 def cmd_rebuild(args: argparse.Namespace) -> None:
     import asyncio
 
-    from replay.rebuild import rebuild_redis
+    from replay.rebuilds import rebuild
 
-    state = asyncio.run(rebuild_redis(get_settings(), restart=args.restart))
-    console.print(f"redis: generation {state.generation} is live ({state.applied} events replayed, "
-                  f"{state.events_per_second:,.0f} events/s)")
+    for state in asyncio.run(rebuild(get_settings(), args.projection, restart=args.restart, workers=args.workers)):
+        console.print(f"{state.projection}: generation {state.generation} is live ({state.applied} events replayed, "
+                      f"{state.events_per_second:,.0f} events/s)")
 
 
 def cmd_sandbox(args: argparse.Namespace) -> None:
@@ -193,8 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     project.set_defaults(func=cmd_project)
 
     rebuild = sub.add_parser("rebuild", help="rebuild a projection from offset 0 beside the live one, then swap")
-    rebuild.add_argument("projection", choices=["redis"])
+    rebuild.add_argument("projection", choices=["redis", "postgres", "vectors", "all"])
     rebuild.add_argument("--restart", action="store_true", help="discard an unfinished rebuild and start over")
+    rebuild.add_argument("--workers", type=int, default=None,
+                         help="worker processes sharing the partitions (default: one per CPU)")
     rebuild.set_defaults(func=cmd_rebuild)
 
     sandbox = sub.add_parser("sandbox", help="fork the log into a sandbox; list, diff and drop sandboxes")

@@ -90,6 +90,9 @@ class Settings:
     # Names this projection worker among the workers of its projection: unique per worker and stable across
     # its restarts (its Kafka group instance id, so a restarted worker takes its partitions back at once).
     projector_instance: str = field(default_factory=lambda: _env("PROJECTOR_INSTANCE", socket.gethostname()))
+    # On SIGTERM the gateway stops taking requests, lets open ones finish for this long (a watch never
+    # finishes by itself), then closes them and stops.
+    shutdown_grace_seconds: int = field(default_factory=lambda: _env_int("SHUTDOWN_GRACE_SECONDS", 3))
     projector_metrics_port: int = field(
         default_factory=lambda: _env_int("PROJECTOR_METRICS_PORT", 9187)
     )

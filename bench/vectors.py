@@ -32,7 +32,7 @@ from ams.auth import issue_dev_token
 from ams.settings import Settings, get_settings
 from commands.envelope import PUT, Event, encode, now_ms, uuid7
 from commands.keys import format_positions, kafka_key, partition_for
-from projections.milvus_store import MilvusStore, collection_name
+from projections.milvus_store import MilvusStore
 
 console = Console()
 K = 10
@@ -181,7 +181,8 @@ async def run(args: argparse.Namespace) -> None:
             console.print(f"log -> embedder -> memory.embeddings -> both views in {time.monotonic() - began:.0f}s "
                           f"(through {format_positions(target)})")
             # Milvus Lite searches rows still in its memtable by brute force; sealing them builds the HNSW index.
-            await asyncio.to_thread(store.client.flush, collection_name(tenant))
+            await asyncio.to_thread(store.follow_live)
+            await asyncio.to_thread(store.client.flush, store.collection(tenant))
             await wait_until_up(bare)
 
             async def api_call(query: np.ndarray) -> list[int]:

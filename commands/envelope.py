@@ -11,8 +11,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -33,9 +32,11 @@ class MalformedEvent(ValueError):
     """Bytes in the log that are not an event this version understands; they go to the dead-letter topic."""
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One fact in the log. ``key`` is a KV key, or a stream name for ``stream.append``."""
+class Event(NamedTuple):
+    """One fact in the log. ``key`` is a KV key, or a stream name for ``stream.append``.
+
+    A named tuple rather than a frozen dataclass: as immutable, and several times cheaper to make, which
+    matters when a rebuild decodes millions of them."""
 
     type: str
     tenant: str
@@ -124,11 +125,11 @@ def _decode_v1(body: dict[str, Any]) -> Event:
         raise MalformedEvent("tenant and key must be strings")
     check_tenant(tenant)
     check_key(key, "stream" if kind == STREAM_APPEND else "key")
-    fields = {name: body.get(name) for name in ("ts", "if_version", "ttl_ms")}
-    for name, value in fields.items():
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+    ts, if_version, ttl_ms = body.get("ts"), body.get("if_version"), body.get("ttl_ms")
+    for name, value in (("ts", ts), ("if_version", if_version), ("ttl_ms", ttl_ms)):
+        if value is not None and (type(value) is not int or value < 0):  # bool is an int subclass: refused too
             raise MalformedEvent(f"{name} must be a non-negative integer, got {value!r}")
-    if fields["ttl_ms"] == 0:
+    if ttl_ms == 0:
         raise MalformedEvent("ttl_ms must be positive")
     if kind == PATCH and not isinstance(body.get("data"), dict):
         raise MalformedEvent("a kv.patch carries a JSON object (RFC 7396 merge patch)")
@@ -137,8 +138,8 @@ def _decode_v1(body: dict[str, Any]) -> Event:
         raise MalformedEvent("command_id must be a string")
     return Event(
         type=kind, tenant=tenant, key=key, data=body.get("data"), id=str(body.get("id") or ""),
-        ts=fields["ts"] or 0, actor=str(body.get("actor") or ""), command_id=command_id,
-        if_version=fields["if_version"], if_absent=bool(body.get("if_absent")), ttl_ms=fields["ttl_ms"],
+        ts=ts or 0, actor=str(body.get("actor") or ""), command_id=command_id,
+        if_version=if_version, if_absent=bool(body.get("if_absent")), ttl_ms=ttl_ms,
     )
 
 

@@ -22,9 +22,8 @@ depends on the log alone, and a rebuild from offset 0 reaches the same outcomes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from ams.settings import get_settings
 from commands.envelope import DELETE, PATCH, PUT, STREAM_APPEND, Event
@@ -44,9 +43,10 @@ class Status(StrEnum):
     DUPLICATE = "duplicate"
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """A key's state. A deleted key stays as a tombstone, so conditions and retries still see it."""
+class Record(NamedTuple):
+    """A key's state. A deleted key stays as a tombstone, so conditions and retries still see it.
+
+    A named tuple, like `Event`: immutable and cheap to make (the fold makes one per accepted event)."""
 
     value: Any
     version: int  # the offset of the last accepted event
@@ -61,8 +61,9 @@ class Record:
         return not self.deleted and (self.expires_at is None or ts < self.expires_at)
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
+    """What one event did to its key (a named tuple, like `Record`: the fold makes one per event)."""
+
     status: Status
     record: Record | None  # the record after the event (unchanged unless accepted)
     version: int | None = None  # accepted: the new version; duplicate: the version the original produced
@@ -93,13 +94,15 @@ def consults_index(record: Record | None) -> bool:
 
 
 def _remembered(record: Record | None, event: Event, seen: Remembered | None) -> Remembered | None:
-    if event.command_id is None:
+    """The newest remembered command with the event's command id within the window: the record's, then the index's."""
+    command_id = event.command_id
+    if command_id is None:
         return None
-    candidates = [*reversed(record.commands if record is not None else ()), *((seen,) if seen else ())]
-    for entry in candidates:
-        command_id, _, ts = entry
-        if command_id == event.command_id and event.ts - ts < IDEMPOTENCY_WINDOW_MS:
+    for entry in reversed(record.commands) if record is not None else ():
+        if entry[0] == command_id and event.ts - entry[2] < IDEMPOTENCY_WINDOW_MS:
             return entry
+    if seen is not None and seen[0] == command_id and event.ts - seen[2] < IDEMPOTENCY_WINDOW_MS:
+        return seen
     return None
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from aiokafka.partitioner import murmur2
 
@@ -27,6 +28,8 @@ class InvalidName(ValueError):
     """A tenant, key or stream name outside its grammar; the message says what is wrong."""
 
 
+# Replays check the same names over and over: a valid name is remembered (an invalid one raises each time).
+@lru_cache(maxsize=1 << 17)
 def check_key(key: str, what: str = "key") -> str:
     if not key or len(key) > MAX_KEY_LENGTH:
         raise InvalidName(f"{what} must be 1 to {MAX_KEY_LENGTH} characters long, got {len(key)}")
@@ -41,6 +44,7 @@ def check_key(key: str, what: str = "key") -> str:
     return key
 
 
+@lru_cache(maxsize=1 << 12)
 def check_tenant(tenant: str) -> str:
     if not _TENANT.fullmatch(tenant):
         raise InvalidName(

@@ -113,7 +113,8 @@ async def check_vector_value(request: Request, settings: Settings, tenant: str, 
         raise ApiError(422, "invalid_vector", str(error)) from None
     if not isinstance(vector, list):
         return
-    source: DimensionSource = request.app.state.vector_dimensions
+    # The namespace's: a sandbox's embedder fixes its tenants' dimensions in the sandbox, not in live memory.
+    source: DimensionSource = request.app.state.namespaces.resolve(request).vectors.dimensions
     try:
         dimension = await source.dimension(tenant)
     except DimensionUnavailable as error:

@@ -28,6 +28,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
+from ams.namespaces import Namespace, live
 from ams.settings import Settings
 from commands.fold import Record
 from commands.keys import kafka_key, partition_for
@@ -42,10 +43,6 @@ log = logging.getLogger("ams.embedder")
 NOT_INDEXED = Counter("ams_embedder_vectors_not_indexed", "Vectors not indexed, by reason", ["reason"])
 
 
-def embedder_prefix(settings: Settings) -> str:
-    return f"{settings.redis_prefix}-embedder"
-
-
 class TenantDimensions:
     """Each tenant's fixed dimension: configured, or recorded by the embedder for its first vector.
 
@@ -53,10 +50,10 @@ class TenantDimensions:
     so what has been found once is kept in memory.
     """
 
-    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
+    def __init__(self, client: aioredis.Redis, settings: Settings, namespace: Namespace | None = None) -> None:
         self.client, self.settings = client, settings
         self.specs = tenant_specs(settings)
-        self.key = f"{embedder_prefix(settings)}:dims"
+        self.key = f"{(namespace or live(settings)).embedder_prefix}:dims"
         self._known: dict[str, int] = {}
         self._lookups: dict[str, asyncio.Future[int | None]] = {}
 
@@ -105,10 +102,13 @@ class EmbedderSink(RedisSink):
     name = "embedder"
     transient_errors = (*RedisSink.transient_errors, KafkaError)
 
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings.redis_url, RedisLayout(embedder_prefix(settings)), settings.partitions)
+    def __init__(self, settings: Settings, namespace: Namespace | None = None) -> None:
+        """``namespace``: live memory (default), or a sandbox, whose embedder keeps its state under the
+        sandbox's prefix and emits into the sandbox's own embeddings stream, never the live one."""
+        self.namespace = namespace or live(settings)
+        super().__init__(settings.redis_url, RedisLayout(self.namespace.embedder_prefix), settings.partitions)
         self.settings = settings
-        self.dimensions = TenantDimensions(self.client, settings)
+        self.dimensions = TenantDimensions(self.client, settings, self.namespace)
         self._producer: AIOKafkaProducer | None = None
         self._text: TextEmbedder | None = None
         self._text_checked = False
@@ -134,7 +134,7 @@ class EmbedderSink(RedisSink):
         if self._producer is None:
             await self.start()
         assert self._producer is not None
-        topic = self.settings.embeddings_topic
+        topic = self.namespace.embeddings_topic
         futures = []
         for op in ops:
             if op.op == MARK:

@@ -5,6 +5,11 @@ assigned by hand (no consumer group): it restores the snapshot, seeks each parti
 checkpoint + 1, and applies what follows. It is the view's only writer; searches read between its
 steps (all on the event loop), and it writes the snapshot itself, between batches, so a snapshot never
 holds half a batch.
+
+When `ams rebuild vectors` publishes a newer generation of the view (`projections.faiss_files`), the
+feed loads it, brings it to exactly the records the serving view has applied, and only then swaps it in
+(one assignment between two steps of the event loop): searches see the old view or the new one, whole,
+never a half-built index and never an older state than they saw before.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import contextlib
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import Counter, Gauge
@@ -21,6 +27,7 @@ from prometheus_client import Counter, Gauge
 from ams.settings import Settings
 from commands.envelope import MalformedEvent
 from projections.embeddings import MARK, decode_op
+from projections.faiss_files import drop_older, generation_path, newest_generation
 from projections.faiss_index import IndexParams
 from projections.faiss_view import FaissView
 
@@ -31,6 +38,7 @@ SNAPSHOTS = Counter("ams_vector_view_snapshots", "FAISS view snapshots written")
 RESTORED = Gauge("ams_vector_view_restored_keys", "Keys the FAISS view restored from its snapshot at start")
 LAG = Gauge("ams_vector_view_lag", "memory.embeddings records not yet applied by the FAISS view", ["partition"])
 FLUSH_CHUNK = 512
+NEWER_GENERATION_CHECK_SECONDS = 1.0
 
 
 def index_params(settings: Settings) -> IndexParams:
@@ -38,30 +46,72 @@ def index_params(settings: Settings) -> IndexParams:
                        settings.vector_ef_search)
 
 
-def snapshot_path(settings: Settings) -> Path:
-    return settings.home / "vectors" / "faiss-view.npz"
+async def apply_batch(view: FaissView, batch: dict[TopicPartition, list[Any]]) -> None:
+    """Apply records of ``memory.embeddings`` to ``view``: operations first, then (once they are searchable)
+    the checkpoints and the embedder's marks."""
+    touched: set[str] = set()
+    checkpoints: dict[int, int] = {}
+    marks: dict[int, int] = {}
+    for tp, records in batch.items():
+        for record in records:
+            try:
+                op = decode_op(record.value)
+            except MalformedEvent as error:
+                POISON.inc()
+                log.error("%s:%d:%d is not an embedding operation (%s); skipped", tp.topic, tp.partition,
+                          record.offset, error)
+                continue
+            if op.op == MARK:  # published after the batch is searchable (below)
+                marks[op.partition] = max(op.through, marks.get(op.partition, -1))
+                continue
+            tenant = view.apply(op)
+            if tenant is not None:
+                touched.add(tenant)
+        if records:
+            checkpoints[tp.partition] = records[-1].offset
+    for tenant in touched:
+        index = view.tenants[tenant]
+        while not index.flush(FLUSH_CHUNK):
+            await asyncio.sleep(0)  # let searches in between big additions
+        if index.needs_compaction():
+            index.rebuild()
+    view.checkpoints.update(checkpoints)
+    for partition, through in marks.items():
+        view.marks[partition] = max(through, view.marks.get(partition, -1))
 
 
 class FaissFeed:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, topic: str | None = None) -> None:
+        """The view of ``topic`` (default: the live embeddings stream, snapshotted at the live path). A
+        sandbox's view reads its own stream and keeps no snapshot: it replays its (small) stream at start,
+        and leaves no file behind when the sandbox is dropped."""
         self.settings = settings
-        self.path = snapshot_path(settings)
-        self.view = FaissView(index_params(settings))
+        self.topic = topic or settings.embeddings_topic
+        self.sandboxed = topic is not None
+        self.view = FaissView(index_params(settings), 0 if self.sandboxed else newest_generation(settings))
         self._advanced = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._dirty = False
+        self._refused = -1  # a newer generation whose snapshot could not be read
         self._consumer: AIOKafkaConsumer | None = None
 
+    @property
+    def path(self) -> Path | None:
+        """This view's snapshot: its own generation's file (a sandbox's view keeps none)."""
+        return None if self.sandboxed else generation_path(self.settings, self.view.generation)
+
     async def start(self) -> None:
-        if self.path.exists():
+        if self.path is not None and self.path.exists():  # the newest generation's
             try:
+                generation = self.view.generation
                 self.view = await asyncio.to_thread(FaissView.load, self.path, index_params(self.settings))
+                self.view.generation = generation  # the file's name says which generation it is
                 RESTORED.set(sum(len(index.entries) for index in self.view.tenants.values()))
                 log.info("FAISS view restored from %s at %s", self.path, self.view.checkpoints)
             except (OSError, ValueError, KeyError) as error:
                 log.error("FAISS snapshot %s is unreadable (%r); rebuilding the view from %s", self.path, error,
-                          self.settings.embeddings_topic)
-        topic = self.settings.embeddings_topic
+                          self.topic)
+        topic = self.topic
         partitions = await self._partitions(topic)
         self._consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False,
                                           isolation_level="read_committed", max_partition_fetch_bytes=8 << 20)
@@ -88,32 +138,37 @@ class FaissFeed:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._dirty:
+        if self._dirty and self.path is not None:
             await self.snapshot()
         if self._consumer is not None:
             await self._consumer.stop()
 
     async def snapshot(self) -> None:
+        assert self.path is not None, "a sandbox's view keeps no snapshot"
         await asyncio.to_thread(self.view.save, self.path)
         self._dirty = False
         SNAPSHOTS.inc()
 
     async def _run(self) -> None:
         assert self._consumer is not None
-        last_snapshot = time.monotonic()
+        last_snapshot = last_check = time.monotonic()
         while True:
             try:
                 batch = await self._consumer.getmany(timeout_ms=500, max_records=2000)
                 if batch:
                     await self._apply(batch)
-                if self._dirty and time.monotonic() - last_snapshot >= self.settings.vector_snapshot_seconds:
+                if not self.sandboxed and time.monotonic() - last_check >= NEWER_GENERATION_CHECK_SECONDS:
+                    last_check = time.monotonic()
+                    await self._adopt_newer_generation()
+                due = time.monotonic() - last_snapshot >= self.settings.vector_snapshot_seconds
+                if self._dirty and self.path is not None and due:
                     await self.snapshot()
                     last_snapshot = time.monotonic()
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # noqa: BLE001 - keep the view alive through broker restarts
                 log.warning("FAISS view: reading or applying %s failed (%r); re-reading from its checkpoint",
-                            self.settings.embeddings_topic, error)
+                            self.topic, error)
                 await asyncio.sleep(1)
                 await self._rewind()
 
@@ -128,42 +183,58 @@ class FaissFeed:
                 self._consumer.seek(tp, checkpoint + 1)
 
     async def _apply(self, batch: dict[TopicPartition, list]) -> None:  # type: ignore[type-arg]
-        touched: set[str] = set()
-        checkpoints: dict[int, int] = {}
-        marks: dict[int, int] = {}
-        for tp, records in batch.items():
-            for record in records:
-                try:
-                    op = decode_op(record.value)
-                except MalformedEvent as error:
-                    POISON.inc()
-                    log.error("%s:%d:%d is not an embedding operation (%s); skipped", tp.topic, tp.partition,
-                              record.offset, error)
-                    continue
-                if op.op == MARK:  # published after the batch is searchable (below)
-                    marks[op.partition] = max(op.through, marks.get(op.partition, -1))
-                    continue
-                tenant = self.view.apply(op)
-                if tenant is not None:
-                    touched.add(tenant)
-            if records:
-                checkpoints[tp.partition] = records[-1].offset
-        for tenant in touched:
-            index = self.view.tenants[tenant]
-            while not index.flush(FLUSH_CHUNK):
-                await asyncio.sleep(0)  # let searches in between big additions
-            if index.needs_compaction():
-                index.rebuild()
-        self.view.checkpoints.update(checkpoints)
-        for partition, through in marks.items():
-            self.view.marks[partition] = max(through, self.view.marks.get(partition, -1))
+        await apply_batch(self.view, batch)
         self._dirty = True
         for tp in batch:
             highwater = self._consumer.highwater(tp) if self._consumer else None
-            if highwater is not None:
+            if highwater is not None and self.path is not None:  # the live view's lag (a sandbox's is no alert)
                 LAG.labels(tp.partition).set(max(0, highwater - 1 - self.view.checkpoints.get(tp.partition, -1)))
         self._advanced.set()
         self._advanced = asyncio.Event()
+
+    async def _adopt_newer_generation(self) -> None:
+        """Swap in a generation a rebuild published, once it holds what the serving view holds."""
+        newest = newest_generation(self.settings)
+        if newest <= self.view.generation or newest == self._refused:
+            return
+        path = generation_path(self.settings, newest)
+        try:
+            view = await asyncio.to_thread(FaissView.load, path, index_params(self.settings))
+        except (OSError, ValueError, KeyError) as error:
+            self._refused = newest
+            log.error("FAISS snapshot %s is unreadable (%r); still serving generation %d", path, error,
+                      self.view.generation)
+            return
+        view.generation = newest
+        await self._catch_up(view, self.view.checkpoints)
+        self.view = view
+        await self._rewind()
+        await self.snapshot()
+        drop_older(self.settings, newest)
+        log.warning("FAISS view: serving generation %d, rebuilt from %s, at %s", newest,
+                    self.settings.embeddings_topic, view.checkpoints)
+        self._advanced.set()
+        self._advanced = asyncio.Event()
+
+    async def _catch_up(self, view: FaissView, through: dict[int, int]) -> None:
+        """Apply to ``view`` the records it lacks up to ``through`` (inclusive, per partition)."""
+        behind = {p: offset for p, offset in through.items() if view.checkpoints.get(p, -1) < offset}
+        if not behind:
+            return
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False,
+                                    isolation_level="read_committed", max_partition_fetch_bytes=8 << 20)
+        await consumer.start()
+        try:
+            topic = self.settings.embeddings_topic
+            consumer.assign([TopicPartition(topic, p) for p in behind])
+            for partition in behind:
+                consumer.seek(TopicPartition(topic, partition), view.checkpoints.get(partition, -1) + 1)
+            while any(view.checkpoints.get(p, -1) < offset for p, offset in behind.items()):
+                batch = await consumer.getmany(timeout_ms=500, max_records=2000)
+                await apply_batch(view, {tp: [r for r in records if r.offset <= behind[tp.partition]]
+                                         for tp, records in batch.items()})
+        finally:
+            await consumer.stop()
 
     def reached(self, positions: dict[int, int]) -> bool:
         """The embedder's marks applied here cover these ``memory.events`` positions."""

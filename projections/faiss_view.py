@@ -29,8 +29,9 @@ SNAPSHOT_FORMAT = 1
 
 
 class FaissView:
-    def __init__(self, params: IndexParams) -> None:
+    def __init__(self, params: IndexParams, generation: int = 0) -> None:
         self.params = params
+        self.generation = generation  # which rebuild of the view this is (see projections/faiss_files.py)
         self.tenants: dict[str, TenantIndex] = {}
         self.checkpoints: dict[int, int] = {}  # memory.embeddings partition -> last applied offset
         self.marks: dict[int, int] = {}  # memory.events partition -> processed by the embedder through
@@ -62,7 +63,8 @@ class FaissView:
                        for key, entry in index.entries.items()}
             tenants.append({"name": name, "dim": index.dim, "metric": index.metric, "hnsw": index.hnsw,
                             "row_keys": index.row_keys, "entries": entries})
-        meta = {"format": SNAPSHOT_FORMAT, "checkpoints": self.checkpoints, "marks": self.marks, "tenants": tenants}
+        meta = {"format": SNAPSHOT_FORMAT, "generation": self.generation, "checkpoints": self.checkpoints,
+                "marks": self.marks, "tenants": tenants}
         arrays["meta"] = np.frombuffer(orjson.dumps(meta, option=orjson.OPT_NON_STR_KEYS), dtype=np.uint8)
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
@@ -88,6 +90,7 @@ class FaissView:
             meta = orjson.loads(archive["meta"].tobytes())
             if meta.get("format") != SNAPSHOT_FORMAT:
                 raise ValueError(f"snapshot format {meta.get('format')!r} is not {SNAPSHOT_FORMAT}")
+            view.generation = int(meta.get("generation", 0))
             view.checkpoints = {int(p): int(o) for p, o in meta["checkpoints"].items()}
             view.marks = {int(p): int(o) for p, o in meta["marks"].items()}
             for number, tenant in enumerate(meta["tenants"]):

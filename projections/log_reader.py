@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from projections.projector import RawRecord
+from projections.projector import LogRecord
 
 FETCH_MAX = 1000
 
@@ -20,7 +20,7 @@ class PartitionReader:
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.bootstrap, self.topic = bootstrap, topic
 
-    async def read(self, partition: int, start: int, end: int | None = None) -> AsyncIterator[list[RawRecord]]:
+    async def read(self, partition: int, start: int, end: int | None = None) -> AsyncIterator[list[LogRecord]]:
         """Committed records of ``partition`` from ``start`` up to ``end`` (exclusive; None: the end it had when
         called), in batches."""
         # auto_offset_reset="none": an offset the broker does not know raises; it never jumps to the log's end,
@@ -37,10 +37,7 @@ class PartitionReader:
             consumer.seek(tp, start)
             while await consumer.position(tp) < end:
                 fetched = (await consumer.getmany(tp, timeout_ms=1000, max_records=FETCH_MAX)).get(tp, [])
-                batch = [
-                    RawRecord(partition, record.offset, record.value, list(record.headers or ()), record.timestamp)
-                    for record in fetched if record.offset < end
-                ]
+                batch = [record for record in fetched if record.offset < end]
                 if batch:
                     yield batch
         finally:

@@ -5,6 +5,11 @@ when the operation's version is newer than the row's (equal, for a repair), and 
 written after the batch's rows. A crash in between replays the batch: the version check turns every
 repeated operation into a no-op, so the replay is harmless. The expected checkpoint is checked before
 the batch, so a worker that lost its partitions stops instead of moving the checkpoint backwards.
+
+A batch looks up the live generation once, first, and writes only into it. When a rebuild switches
+generations, the batch in progress finishes in the retired one (harmlessly), and the next finds the new
+generation's checkpoint instead of the one it expected: the projector re-reads it and resumes from there
+(re-applied operations are no-ops, by version).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from pymilvus.exceptions import ConnectError, MilvusUnavailableException
+from pymilvus.exceptions import ConnectError, MilvusException, MilvusUnavailableException
 
 from ams.settings import Settings
 from commands.fold import Outcome
@@ -37,15 +42,17 @@ class MilvusSink(ProjectionSink):
     source = "embeddings"
     transient_errors = (*TRANSIENT, ConnectError, MilvusUnavailableException)
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, settings: Settings, *, generation: int | None = None) -> None:
+        """``generation``: the one a rebuild fills; None (the worker) follows the live one."""
+        self.settings, self.generation = settings, generation
         self._store: MilvusStore | None = None
 
     @property
     def store(self) -> MilvusStore:
         if self._store is None:
             self._store = MilvusStore(self.settings.milvus_endpoint, self.settings.vector_ef_search,
-                                      self.settings.vector_hnsw_m, self.settings.vector_ef_construction)
+                                      self.settings.vector_hnsw_m, self.settings.vector_ef_construction,
+                                      generation=self.generation)
         return self._store
 
     async def close(self) -> None:
@@ -53,7 +60,7 @@ class MilvusSink(ProjectionSink):
             self._store.close()
 
     async def checkpoints(self) -> dict[int, int]:
-        rows = await asyncio.to_thread(self.store.checkpoints)
+        rows = await asyncio.to_thread(self._live_checkpoints)
         return {partition: offset for partition, (offset, _) in rows.items()}
 
     async def apply(
@@ -62,7 +69,21 @@ class MilvusSink(ProjectionSink):
         await asyncio.to_thread(self._apply, partition, [item.event for item in events], through, expected)
         return [None] * len(events)
 
+    def _live_checkpoints(self) -> dict[int, tuple[int, int]]:
+        self.store.follow_live()
+        return self.store.checkpoints()
+
     def _apply(self, partition: int, ops: list[EmbeddingOp], through: int, expected: int) -> None:
+        generation = self.store.follow_live()
+        try:
+            self._apply_to_generation(partition, ops, through, expected)
+        except MilvusException:
+            if self.store.following and self.store.live_generation() != generation:
+                # its generation was retired and dropped under the batch: carry on in the new one
+                raise CheckpointMoved(partition, expected, NO_CHECKPOINT, " (a rebuilt generation went live)") from None
+            raise
+
+    def _apply_to_generation(self, partition: int, ops: list[EmbeddingOp], through: int, expected: int) -> None:
         stored = self.store.checkpoints().get(partition)
         found = stored[0] if stored else NO_CHECKPOINT
         if found != expected:

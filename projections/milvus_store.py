@@ -6,6 +6,13 @@ operation that arrives late (a replay, a zombie worker) is recognised and ignore
 tombstones and expired rows in the server-side filter. The per-partition checkpoint and the embedder's
 marks live in the collection ``ams_checkpoints`` beside them.
 
+Generations: `ams rebuild vectors` builds generation N+1 (``ams_g<N+1>_t_<tenant>`` and
+``ams_g<N+1>_checkpoints``) beside the live one, then points the alias ``ams_live`` at the new checkpoint
+collection: one atomic step that moves every reader and writer. Generation 0 keeps the original names and
+is live while the alias does not exist. A store built without a generation follows the live one: callers
+call `follow_live` where a switch may take effect (the projection worker before each batch, so that a
+whole batch goes to one generation; the gateway before each search).
+
 pymilvus is synchronous: callers run these methods in a worker thread.
 """
 
@@ -13,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,14 +37,32 @@ from commands.vectors import Metric
 logging.getLogger("pymilvus.client.iterator").setLevel(logging.ERROR)
 
 CHECKPOINTS = "ams_checkpoints"
+LIVE_ALIAS = "ams_live"  # names the live generation's checkpoint collection
+GENERATION_NAME = re.compile(r"ams_g(\d+)_(?:checkpoints|t_.+)")
 MILVUS_METRICS: dict[Metric, str] = {"cosine": "COSINE", "ip": "IP", "l2": "L2"}
 MAX_KEY_BYTES = 2048
 PAGE = 1000
 
 
-def collection_name(tenant: str) -> str:
+def tenant_prefix(generation: int = 0) -> str:
+    return "ams_t_" if generation == 0 else f"ams_g{generation}_t_"
+
+
+def collection_name(tenant: str, generation: int = 0) -> str:
     """An injective name: '_' and '-' (the only non-alphanumerics of a tenant) become '_u' and '_h'."""
-    return "ams_t_" + tenant.replace("_", "_u").replace("-", "_h")
+    return tenant_prefix(generation) + tenant.replace("_", "_u").replace("-", "_h")
+
+
+def checkpoints_name(generation: int = 0) -> str:
+    return CHECKPOINTS if generation == 0 else f"ams_g{generation}_checkpoints"
+
+
+def generation_of(collection: str) -> int | None:
+    """The generation an AMS collection belongs to (None: not one of the view's collections)."""
+    if collection == CHECKPOINTS or collection.startswith(tenant_prefix(0)):
+        return 0
+    found = GENERATION_NAME.fullmatch(collection)
+    return int(found.group(1)) if found else None
 
 
 class CollectionReleased(ConnectionError):
@@ -70,11 +96,57 @@ GRPC_OPTIONS = {"grpc.keepalive_permit_without_calls": False}
 
 
 class MilvusStore:
-    def __init__(self, uri: str, ef_search: int = 128, hnsw_m: int = 32, ef_construction: int = 100) -> None:
+    def __init__(self, uri: str, ef_search: int = 128, hnsw_m: int = 32, ef_construction: int = 100, *,
+                 generation: int | None = None) -> None:
+        """``generation``: a fixed one (a rebuild's), or None to follow the live one (`follow_live`)."""
         self.client = MilvusClient(uri=uri, timeout=30, grpc_options=GRPC_OPTIONS)
         self.ef_search, self.hnsw_m, self.ef_construction = ef_search, hnsw_m, ef_construction
+        self.following = generation is None
+        self.generation = generation or 0
+        self._followed = float("-inf")
         self._dims: dict[str, tuple[int, Metric]] = {}
         self._loaded: set[str] = set()
+
+    def live_generation(self) -> int:
+        if LIVE_ALIAS not in self.client.list_aliases().get("aliases", []):
+            return 0
+        return generation_of(self.client.describe_alias(LIVE_ALIAS)["collection_name"]) or 0
+
+    def follow_live(self, max_age: float = 0.0) -> int:
+        """Move to the live generation (looked up at most every ``max_age`` seconds); returns it."""
+        if self.following and time.monotonic() - self._followed >= max_age:
+            live = self.live_generation()
+            self._followed = time.monotonic()
+            if live != self.generation:
+                self.generation = live
+                self._dims.clear()
+        return self.generation
+
+    def switch_live(self) -> None:
+        """Make this store's generation the live one: one atomic alias change for every reader and writer."""
+        target = checkpoints_name(self.generation)
+        if LIVE_ALIAS in self.client.list_aliases().get("aliases", []):
+            self.client.alter_alias(target, LIVE_ALIAS)
+        else:
+            self.client.create_alias(target, LIVE_ALIAS)
+
+    def generations(self) -> set[int]:
+        """Every generation that has a collection."""
+        found = {generation_of(name) for name in self.client.list_collections()}
+        return {generation for generation in found if generation is not None}
+
+    def drop_generation(self, generation: int) -> int:
+        """Drop every collection of ``generation``; returns how many went."""
+        prefix = tenant_prefix(generation)
+        doomed = [name for name in self.client.list_collections()
+                  if name.startswith(prefix) or name == checkpoints_name(generation)]
+        for name in doomed:
+            self.client.drop_collection(name)
+            self._loaded.discard(name)
+        return len(doomed)
+
+    def collection(self, tenant: str) -> str:
+        return collection_name(tenant, self.generation)
 
     def close(self) -> None:
         self.client.close()
@@ -87,7 +159,7 @@ class MilvusStore:
 
     def tenant_shape(self, tenant: str) -> tuple[int, Metric] | None:
         """(dimension, metric) of the tenant's collection, or None when it has none; loads the collection."""
-        name = collection_name(tenant)
+        name = self.collection(tenant)
         if tenant not in self._dims:
             if not self.client.has_collection(name):
                 return None
@@ -112,9 +184,9 @@ class MilvusStore:
         index = self.client.prepare_index_params()
         index.add_index("vector", index_type="HNSW", metric_type=MILVUS_METRICS[metric],
                         params={"M": self.hnsw_m, "efConstruction": self.ef_construction})
-        self.client.create_collection(collection_name(tenant), schema=schema, index_params=index,
+        self.client.create_collection(self.collection(tenant), schema=schema, index_params=index,
                                       consistency_level="Strong", properties={"ams.metric": MILVUS_METRICS[metric]})
-        self._loaded.add(collection_name(tenant))
+        self._loaded.add(self.collection(tenant))
         self._dims[tenant] = (dim, metric)
 
     def versions(self, tenant: str, keys: list[str]) -> dict[str, int]:
@@ -122,7 +194,7 @@ class MilvusStore:
         found: dict[str, int] = {}
         with _reloading(self):
             for start in range(0, len(keys), PAGE):
-                rows = self.client.query(collection_name(tenant), ids=keys[start:start + PAGE],
+                rows = self.client.query(self.collection(tenant), ids=keys[start:start + PAGE],
                                          output_fields=["key", "version"])
                 found.update({row["key"]: int(row["version"]) for row in rows})
         return found
@@ -136,14 +208,14 @@ class MilvusStore:
                  "vector": (placeholder if row.vector is None else row.vector).tolist()} for row in rows]
         with _reloading(self):
             for start in range(0, len(data), PAGE):
-                self.client.upsert(collection_name(tenant), data[start:start + PAGE])
+                self.client.upsert(self.collection(tenant), data[start:start + PAGE])
 
     def search(self, tenant: str, vector: np.ndarray, k: int, expression: str, now: int) -> list[dict[str, Any]]:
         live = f"deleted == false and (expires_at == 0 or expires_at > {int(now)})"
         condition = f"{live} and ({expression})" if expression else live
         with _reloading(self):
             results = self.client.search(
-                collection_name(tenant), data=[vector.tolist()], anns_field="vector", limit=k, filter=condition,
+                self.collection(tenant), data=[vector.tolist()], anns_field="vector", limit=k, filter=condition,
                 output_fields=["key", "version", "value"], search_params={"params": {"ef": max(self.ef_search, k)}},
             )
         return [{"key": hit["entity"]["key"], "score": float(hit["distance"]), "version": hit["entity"]["version"],
@@ -154,7 +226,7 @@ class MilvusStore:
         if self.tenant_shape(tenant) is None:
             return {}
         iterator = self.client.query_iterator(
-            collection_name(tenant), batch_size=PAGE, output_fields=["key", "version"],
+            self.collection(tenant), batch_size=PAGE, output_fields=["key", "version"],
             filter=f"deleted == false and (expires_at == 0 or expires_at > {int(now)})")
         found: dict[str, int] = {}
         try:
@@ -166,16 +238,18 @@ class MilvusStore:
         return found
 
     def tenants(self) -> list[str]:
-        names = [name for name in self.client.list_collections() if name.startswith("ams_t_")]
-        return [re.sub(r"_([uh])", lambda code: "_" if code.group(1) == "u" else "-", name.removeprefix("ams_t_"))
+        prefix = tenant_prefix(self.generation)
+        names = [name for name in self.client.list_collections() if name.startswith(prefix)]
+        return [re.sub(r"_([uh])", lambda code: "_" if code.group(1) == "u" else "-", name.removeprefix(prefix))
                 for name in names]
 
-    def _ensure_checkpoints(self) -> None:
-        if CHECKPOINTS in self._loaded:
-            return
-        if self.client.has_collection(CHECKPOINTS):
-            self._load(CHECKPOINTS)
-            return
+    def _ensure_checkpoints(self) -> str:
+        name = checkpoints_name(self.generation)
+        if name in self._loaded:
+            return name
+        if self.client.has_collection(name):
+            self._load(name)
+            return name
         schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("partition", DataType.INT64, is_primary=True)
         schema.add_field("offset", DataType.INT64)
@@ -183,19 +257,20 @@ class MilvusStore:
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=2)  # Milvus wants one; unused
         index = self.client.prepare_index_params()
         index.add_index("vector", index_type="FLAT", metric_type="L2")
-        self.client.create_collection(CHECKPOINTS, schema=schema, index_params=index, consistency_level="Strong")
-        self._loaded.add(CHECKPOINTS)
+        self.client.create_collection(name, schema=schema, index_params=index, consistency_level="Strong")
+        self._loaded.add(name)
+        return name
 
     def checkpoints(self) -> dict[int, tuple[int, int]]:
         """partition -> (last applied offset of memory.embeddings, embedder mark of memory.events)."""
-        self._ensure_checkpoints()
+        name = self._ensure_checkpoints()
         with _reloading(self):
-            rows = self.client.query(CHECKPOINTS, filter="partition >= 0",
+            rows = self.client.query(name, filter="partition >= 0",
                                      output_fields=["partition", "offset", "mark"])
         return {int(row["partition"]): (int(row["offset"]), int(row["mark"])) for row in rows}
 
     def write_checkpoint(self, partition: int, offset: int, mark: int) -> None:
-        self._ensure_checkpoints()
+        name = self._ensure_checkpoints()
         with _reloading(self):
-            self.client.upsert(CHECKPOINTS, [{"partition": partition, "offset": offset, "mark": mark,
+            self.client.upsert(name, [{"partition": partition, "offset": offset, "mark": mark,
                                               "vector": [0.0, 0.0]}])

@@ -1,6 +1,7 @@
 """The durable projection: current state, full history and stream entries in PostgreSQL.
 
-A batch is one transaction whatever its size, with a fixed number of statements: lock the partition's
+A batch is one transaction whatever its size, with a fixed number of statements: take the schema's
+batch lock (shared: batches never wait for each other, only for a rebuild's schema swap); lock the partition's
 checkpoint row (``SELECT ... FOR UPDATE``) and compare it with the expected one; read the current records
 of every key and stream the batch touches (and, for those whose record's list of command ids is full, their
 command index: accepted history rows or stream entries with the batch's command ids); fold in memory
@@ -23,7 +24,8 @@ import orjson
 from commands.envelope import DELETE, STREAM_APPEND
 from commands.fold import Outcome, Record, Remembered, apply, consults_index, remember
 from commands.keys import STREAM_MARK, kafka_key, partition_for, stream_key
-from projections.postgres_schema import applied_channel, create_pool, migrate
+from projections.postgres_pool import SchemaPool, borrow
+from projections.postgres_schema import BATCH_LOCK_SHARED, applied_channel, create_pool, migrate
 from projections.sink import TRANSIENT, CheckpointMoved, Positioned, ProjectionSink
 
 # asyncpg's ways of saying "the server is unreachable, restarting or full": retried, never dead-lettered.
@@ -140,9 +142,13 @@ class PostgresSink(ProjectionSink):
     name = "postgres"
     transient_errors = (*TRANSIENT, *POSTGRES_TRANSIENT)
 
-    def __init__(self, dsn: str, schema: str, partitions: int, *, projection: str = "postgres") -> None:
+    def __init__(self, dsn: str, schema: str, partitions: int, *, projection: str = "postgres",
+                 home: str | None = None) -> None:
+        """``home``: borrow connections from the process's pool whose connections see that schema (a sandbox's
+        sink borrows the live schema's) instead of opening a pool of its own (`projections.postgres_pool`)."""
         self.dsn, self.schema, self.partitions, self.projection = dsn, schema, partitions, projection
-        self._pool: asyncpg.Pool | None = None
+        self.home = home
+        self._pool: asyncpg.Pool | SchemaPool | None = None
 
     async def start(self) -> None:
         await self.pool()
@@ -156,11 +162,15 @@ class PostgresSink(ProjectionSink):
             await connection.close()
         return 1
 
-    async def pool(self) -> asyncpg.Pool:
+    async def pool(self) -> asyncpg.Pool | SchemaPool:
         """The connection pool, created (and the schema migrated) on first use, so that a PostgreSQL that
         is down when the worker starts is retried like any other outage."""
         if self._pool is None:
-            pool = await create_pool(self.dsn, self.schema, min_size=1, max_size=2)
+            pool: asyncpg.Pool | SchemaPool
+            if self.home is None:
+                pool = await create_pool(self.dsn, self.schema, min_size=1, max_size=2)
+            else:
+                pool = borrow(self.dsn, self.home, self.schema, max_size=4)
             try:
                 async with pool.acquire() as connection:
                     await migrate(connection, self.schema)
@@ -198,6 +208,9 @@ class PostgresSink(ProjectionSink):
         self, partition: int, events: Sequence[Positioned], through: int, expected: int
     ) -> list[Outcome | None]:
         async with (await self.pool()).acquire() as connection, connection.transaction():
+            # First, before any table is named: a schema swap waits for this batch, or this batch for it
+            # (and then finds the new schema under the same name).
+            await connection.execute(BATCH_LOCK_SHARED, self.schema)
             found = await self._lock_checkpoint(connection, partition)
             if found != expected:
                 raise CheckpointMoved(partition, expected, found)

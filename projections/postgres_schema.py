@@ -141,6 +141,13 @@ def check_schema(schema: str) -> str:
     return schema
 
 
+# Every batch of the projector holds this lock on its schema, shared, for its whole transaction; a rebuild
+# takes it exclusively to swap schemas between two batches (see replay/rebuild_postgres.py).
+BATCH_LOCK_SHARED = "SELECT pg_advisory_xact_lock_shared(hashtext('ams.batches'), hashtext($1))"
+BATCH_LOCK_EXCLUSIVE = "SELECT pg_advisory_lock(hashtext('ams.batches'), hashtext($1))"
+BATCH_UNLOCK = "SELECT pg_advisory_unlock(hashtext('ams.batches'), hashtext($1))"
+
+
 def applied_channel(schema: str) -> str:
     """The NOTIFY channel on which the projector announces every applied batch of ``schema``."""
     return f"{schema}_applied"
@@ -173,9 +180,20 @@ async def connect(dsn: str, schema: str) -> asyncpg.Connection:
 async def migrate(connection: asyncpg.Connection, schema: str) -> list[int]:
     """Apply the migrations ``schema`` lacks, in order; return the versions applied by this call."""
     check_schema(schema)
+    # The lock is taken before the transaction: a transaction that waited for it inside could still see the
+    # catalog as it was before the waiting (a schema another process just created would seem absent, and
+    # CREATE SCHEMA IF NOT EXISTS would fail on it); a transaction begun after the wait sees it.
+    lock = f"ams.migrate.{schema}"
+    await connection.execute("SELECT pg_advisory_lock(hashtext($1))", lock)
+    try:
+        return await _migrate_locked(connection, schema)
+    finally:
+        await connection.execute("SELECT pg_advisory_unlock(hashtext($1))", lock)
+
+
+async def _migrate_locked(connection: asyncpg.Connection, schema: str) -> list[int]:
     applied: list[int] = []
     async with connection.transaction():
-        await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"ams.migrate.{schema}")
         await connection.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
         await connection.execute(f'SET LOCAL search_path TO "{schema}"')
         await connection.execute(

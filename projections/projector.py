@@ -17,9 +17,7 @@ import os
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-from aiokafka import ConsumerRecord
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from commands.envelope import MalformedEvent, decode
 from commands.log import record_key
@@ -42,22 +40,35 @@ SETTLE_AT_MOST = 1024
 FAULT_EXIT_AFTER_APPLY = int(os.environ.get("AMS_FAULT_EXIT_AFTER_APPLY") or 0)
 
 
-@dataclass(frozen=True, slots=True)
-class RawRecord:
+class LogRecord(Protocol):
+    """One record of the log as the projector reads it: an aiokafka `ConsumerRecord` is one as it is."""
+
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+    @property
+    def timestamp(self) -> int: ...  # milliseconds
+    @property
+    def key(self) -> bytes | None: ...
+
+
+class RawRecord(NamedTuple):
+    """A `LogRecord` made from what another client (Faust) delivers."""
+
     partition: int
     offset: int
     value: bytes | None
     headers: Sequence[tuple[str, bytes]] = ()
-    timestamp_ms: int = 0
+    timestamp: int = 0
     key: bytes | None = None
 
-    @classmethod
-    def of(cls, record: ConsumerRecord) -> RawRecord:
-        """From an aiokafka record (timestamps in milliseconds)."""
-        return cls(record.partition, record.offset, record.value, list(record.headers), record.timestamp, record.key)
 
-
-def _ascending(batch: Sequence[RawRecord], after: int) -> list[RawRecord]:
+def _ascending(batch: Sequence[LogRecord], after: int) -> list[LogRecord]:
     """The records above ``after`` with each offset once, in order: a stream re-sought on an assignment may
     deliver some offsets twice (fetched from Faust's committed offset, then again from the seek)."""
     fresh = []
@@ -86,7 +97,7 @@ class Projector:
     label: str = ""
     checkpoints: dict[int, int] = field(default_factory=dict)
     # Parses a record of a topic other than memory.events; raises MalformedEvent for poison.
-    decoder: Callable[[RawRecord], Any] | None = None
+    decoder: Callable[[LogRecord], Any] | None = None
     max_value_bytes: int | None = None  # larger values are dead-lettered, as the gateway refuses them
     # Partitions whose next records have not been checked for a gap since they were assigned.
     unverified: set[int] = field(default_factory=set)
@@ -115,8 +126,8 @@ class Projector:
     def resume_offset(self, partition: int) -> int:
         return self.checkpoints.get(partition, NO_CHECKPOINT) + 1
 
-    async def handle(self, records: Sequence[RawRecord]) -> None:
-        by_partition: dict[int, list[RawRecord]] = {}
+    async def handle(self, records: Sequence[LogRecord]) -> None:
+        by_partition: dict[int, list[LogRecord]] = {}
         for record in records:
             by_partition.setdefault(record.partition, []).append(record)
         async with self._lock:
@@ -200,7 +211,7 @@ class Projector:
                 log.warning("%s projection: partition %d is being caught up with the log, at offset %d",
                             self.label, partition, self.checkpoints.get(partition, NO_CHECKPOINT))
 
-    async def _handle_partition(self, partition: int, batch: list[RawRecord]) -> None:
+    async def _handle_partition(self, partition: int, batch: Sequence[LogRecord]) -> None:
         for _ in range(3):
             try:
                 await self._handle_fresh(partition, batch)
@@ -216,7 +227,7 @@ class Projector:
                 # Otherwise another writer moved it forward (a rebuild went live): skip what it covers.
         raise Reseek({partition: self.resume_offset(partition)})
 
-    async def _handle_fresh(self, partition: int, batch: list[RawRecord]) -> None:
+    async def _handle_fresh(self, partition: int, batch: Sequence[LogRecord]) -> None:
         expected = self.checkpoints.get(partition, NO_CHECKPOINT)
         fresh = _ascending(batch, expected)
         if fresh and partition in self.unverified and self.reader is not None:
@@ -248,10 +259,10 @@ class Projector:
                 metrics.DEAD_LETTERED.labels(self.label).inc(len(poison))
             await self._apply(partition, events, fresh[-1].offset, expected)
 
-    def _decode(self, record: RawRecord) -> Any:
+    def _decode(self, record: LogRecord) -> Any:
         if self.decoder is not None:
             return self.decoder(record)
-        return decode(record.value, record.headers, default_tenant=self.default_tenant, record_ts=record.timestamp_ms,
+        return decode(record.value, record.headers, default_tenant=self.default_tenant, record_ts=record.timestamp,
                       max_value_bytes=self.max_value_bytes)
 
     async def _apply(self, partition: int, events: list[Positioned], through: int, expected: int) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import orjson
 import redis.asyncio as aioredis
@@ -29,7 +29,7 @@ from commands.envelope import STREAM_APPEND, now_ms
 from commands.fold import IDEMPOTENCY_WINDOW_MS, Outcome, Record, Remembered, apply, consults_index, remember
 from commands.keys import STREAM_MARK, kafka_key, partition_for, stream_key
 from projections.redis_layout import RedisLayout
-from projections.sink import TRANSIENT, CheckpointMoved, Positioned, ProjectionSink
+from projections.sink import NO_CHECKPOINT, TRANSIENT, CheckpointMoved, Positioned, ProjectionSink
 
 log = logging.getLogger("ams.projector")
 
@@ -47,7 +47,7 @@ CACHE_SECONDS = 600.0
 Address = tuple[int, str, str]
 
 # KEYS: the partition's checkpoint (in the writer's generation), the partition's generation pointer.
-# ARGV: expected checkpoint, new checkpoint, channel, partition, writer's generation, then three JSON arrays
+# ARGV: expected checkpoint, new checkpoint, channel, partition, writer's generation, then four JSON arrays
 # (one argument each, decoded by Redis's cjson in C: packing thousands of separate arguments is slow):
 #   records   [[key, pexpireat, field, value, ...], ...]   replace each record (pexpireat "0": no expiry)
 #   index     [[op, index key, member], ...]               op "+" adds to the tenant's key index, "-" removes
@@ -57,7 +57,7 @@ Address = tuple[int, str, str]
 #                                                          entries older than cutoff, expire it when idle
 # Every number travels as a string: Lua would print a large one in exponent form.
 # A writer of a generation older than the pointer's has been retired by a rebuild: it must not write.
-APPLY_BATCH = """
+GUARD = """
 local live = redis.call('GET', KEYS[2]) or '0'
 if tonumber(live) > tonumber(ARGV[5]) then
   return redis.error_reply('GENERATION ' .. live)
@@ -66,6 +66,8 @@ local current = redis.call('GET', KEYS[1]) or '-1'
 if current ~= ARGV[1] then
   return redis.error_reply('CHECKPOINT ' .. current)
 end
+"""
+WRITE = """
 for _, record in ipairs(cjson.decode(ARGV[6])) do
   redis.call('DEL', record[1])
   redis.call('HSET', record[1], unpack(record, 3))
@@ -94,10 +96,19 @@ for _, entry in ipairs(cjson.decode(ARGV[9])) do
   redis.call('PEXPIREAT', entry[1], entry[7])
   redis.call('PEXPIREAT', entry[2], entry[7])
 end
+"""
+APPLY_BATCH = GUARD + WRITE + """
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('PUBLISH', ARGV[3], ARGV[5] .. ':' .. ARGV[4] .. ':' .. ARGV[2])
 return 'OK'
 """
+
+# A part of a batch too big for one call, which would block Redis's readers for long (only a rebuild,
+# whose generation nobody reads yet, writes one). KEYS[3] marks the partition "unfinished" at the
+# expected checkpoint: until the batch's last part (APPLY_BATCH) moves the checkpoint, the partition holds
+# records from beyond it, and a resumed rebuild starts that partition over (see `checkpoints`).
+APPLY_PART = GUARD + "redis.call('SET', KEYS[3], ARGV[1])" + WRITE + "return 'OK'"
+PART_RECORDS = 2_000  # records per call: a few milliseconds of Redis's time
 
 
 def encode_record(record: Record) -> list[str]:
@@ -173,10 +184,12 @@ class RecordCache:
         self._entries.move_to_end(address)
         return True, entry[1]
 
-    def put(self, address: Address, record: Record | None) -> None:
-        self._entries[address] = (time.monotonic(), record)
-        self._entries.move_to_end(address)
-        while len(self._entries) > self.size:
+    def put_many(self, records: Iterable[tuple[Address, Record | None]]) -> None:
+        now, entries = time.monotonic(), self._entries
+        for address, record in records:
+            entries[address] = (now, record)
+            entries.move_to_end(address)
+        while len(entries) > self.size:
             self._entries.popitem(last=False)
             self.complete = False
 
@@ -206,6 +219,7 @@ class RedisSink(ProjectionSink):
         self.wait_replicas, self.wait_timeout_ms = wait_replicas, wait_timeout_ms
         self.cache = RecordCache()
         self._script = self.client.register_script(APPLY_BATCH)
+        self._part = self.client.register_script(APPLY_PART)
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -228,6 +242,12 @@ class RedisSink(ProjectionSink):
                     found[name.decode()[len(prefix):]] = record
         return found
 
+    async def _unfinished(self, found: Mapping[int, int]) -> list[int]:
+        """Partitions whose last batch wrote some of its parts but not the last one (the checkpoint)."""
+        markers = await self.client.mget([self.layout_of(p).unfinished(p) for p in range(self.partitions)])
+        return [partition for partition, marker in enumerate(markers)
+                if marker is not None and int(marker) == found.get(partition, NO_CHECKPOINT)]
+
     def layout_of(self, partition: int) -> RedisLayout:
         return self.layout.at(self.generations[partition])
 
@@ -242,6 +262,14 @@ class RedisSink(ProjectionSink):
         await self.refresh_generations()
         values = await self.client.mget([self.layout_of(p).checkpoint(p) for p in range(self.partitions)])
         found = {partition: int(value) for partition, value in enumerate(values) if value is not None}
+        if self.building is not None:
+            for partition in await self._unfinished(found):
+                log.warning("redis rebuild: partition %d of generation %d was interrupted in the middle of a "
+                            "batch; building it again from offset 0", partition, self.building)
+                async for name in self.client.scan_iter(match=self.layout_of(partition).partition_prefix(partition)
+                                                        + "*", count=1000):
+                    await self.client.unlink(name)
+                found.pop(partition, None)
         # A rebuild starting an empty generation: nothing is there that this sink will not have written.
         self.cache.complete = self.building is not None and not found
         return found
@@ -249,34 +277,39 @@ class RedisSink(ProjectionSink):
     async def apply(
         self, partition: int, events: Sequence[Positioned], through: int, expected: int
     ) -> list[Outcome | None]:
-        records, index = await self._read_records(partition, events)
-        before = dict(records)
+        addresses = [self._address(partition, item) for item in events]
+        records, index = await self._read_records(events, addresses)
+        before = dict(records) if self._carries_effects else records
         outcomes: list[Outcome | None] = []
         rejected: list[tuple[int, Outcome]] = []
         touched: dict[Address, Record] = {}
         forgotten: list[tuple[Address, Remembered]] = []
-        for item in events:
-            address = self._address(partition, item)
-            known = index.setdefault(address, {})
-            seen = known.get(item.event.command_id) if item.event.command_id else None
-            outcome = apply(records.get(address), item.event, item.offset, seen)
+        for item, address in zip(events, addresses, strict=True):
+            command_id, known = item.event.command_id, index.get(address)
+            outcome = apply(records.get(address), item.event, item.offset,
+                            known.get(command_id) if known and command_id else None)
             outcomes.append(outcome)
             if outcome.accepted and outcome.record is not None:
                 records[address] = touched[address] = outcome.record
-                remember(known, outcome)
                 if outcome.forgotten is not None:
+                    remember(index.setdefault(address, {}), outcome)
                     forgotten.append((address, outcome.forgotten))
             else:
                 rejected.append((item.offset, outcome))
-        keys = {address: record for address, record in touched.items() if not _is_stream(address)}
-        await self.before_commit(partition, through, before, keys)
+        if self._carries_effects:  # the effect on keys: streams carry none
+            keys_touched = {address: record for address, record in touched.items() if not _is_stream(address)}
+            await self.before_commit(partition, through, before, keys_touched)
         layout = self.layout_of(partition)
+        keys = [layout.checkpoint(partition), layout.pointer(partition), layout.unfinished(partition)]
+        args: list[str | int] = [expected, through, layout.applied_channel, partition, layout.generation]
+        unwritten = list(touched.items())
         try:
-            await self._script(
-                keys=[layout.checkpoint(partition), layout.pointer(partition)],
-                args=[expected, through, layout.applied_channel, partition, layout.generation,
-                      *self._operations(partition, touched, rejected, forgotten)],
-            )
+            if self.building is not None:
+                while len(unwritten) > PART_RECORDS:
+                    part, unwritten = dict(unwritten[:PART_RECORDS]), unwritten[PART_RECORDS:]
+                    await self._part(keys=keys, args=[*args, *self._operations(partition, part, [], [])])
+            await self._script(keys=keys[:2], args=[*args, *self._operations(partition, dict(unwritten), rejected,
+                                                                             forgotten)])
         except BaseException as error:
             self.cache.clear()  # the script may or may not have run: Redis is the truth again
             if not isinstance(error, ResponseError):
@@ -293,8 +326,7 @@ class RedisSink(ProjectionSink):
                 why = f" (a rebuild moved it to generation {live})"
                 raise CheckpointMoved(partition, expected, int(found) if found is not None else -1, why) from None
             raise
-        for address, record in touched.items():
-            self.cache.put(address, record)
+        self.cache.put_many(touched.items())
         if self.wait_replicas:
             await self._wait_for_replicas(partition, through)
         return outcomes
@@ -305,6 +337,11 @@ class RedisSink(ProjectionSink):
             log.warning("partition %d through offset %d: %d of %d Redis replicas acknowledged within %d ms; "
                         "a failover now could lose this batch from the hot state until it is replayed",
                         partition, through, acknowledged, self.wait_replicas, self.wait_timeout_ms)
+
+    @property
+    def _carries_effects(self) -> bool:
+        """Whether a subclass overrides `before_commit` (so it needs each record as it was before)."""
+        return type(self).before_commit is not RedisSink.before_commit
 
     async def before_commit(
         self, partition: int, through: int, before: Mapping[Address, Record | None], after: Mapping[Address, Record]
@@ -332,15 +369,18 @@ class RedisSink(ProjectionSink):
         return self.layout_of(home).record(home, tenant, key)
 
     async def _read_records(
-        self, partition: int, events: Sequence[Positioned]
+        self, events: Sequence[Positioned], addresses: Sequence[Address]
     ) -> tuple[dict[Address, Record | None], dict[Address, dict[str, Remembered]]]:
-        """The records the events touch, and what their command indexes hold of the events' command ids.
+        """The records the events (at ``addresses``) touch, and what their command indexes hold of the events'
+        command ids.
 
         One pipeline: the records not in the cache, and the index lookups of keys that may need them
         (`consults_index`; a record not yet read is looked up at once rather than after a second trip)."""
         wanted: dict[Address, list[str]] = {}
-        for item in events:
-            ids = wanted.setdefault(self._address(partition, item), [])
+        for item, address in zip(events, addresses, strict=True):
+            ids = wanted.get(address)
+            if ids is None:
+                ids = wanted[address] = []
             if item.event.command_id is not None:
                 ids.append(item.event.command_id)
         records: dict[Address, Record | None] = {}

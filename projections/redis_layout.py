@@ -12,6 +12,7 @@ new generation has caught up (see `replay/rebuild.py`). A namespace ``prefix`` s
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,7 @@ class RedisLayout:
     generation: int = 0
 
     def at(self, generation: int) -> RedisLayout:
-        return replace(self, generation=generation)
+        return _at(self, generation)
 
     def _tag(self, partition: int) -> str:
         return f"{self.prefix}:g{self.generation}:{{p{partition}}}"
@@ -60,6 +61,10 @@ class RedisLayout:
         """
         return f"{self._tag(partition)}:live"
 
+    def unfinished(self, partition: int) -> str:
+        """Set by a rebuild writing a big batch in parts: the checkpoint it expected (see redis_kv.py)."""
+        return f"{self._tag(partition)}:unfinished"
+
     def outcome(self, partition: int, offset: int) -> str:
         """The outcome of an event the fold did not accept, kept for writers waiting on it."""
         return f"{self._tag(partition)}:out:{offset}"
@@ -76,3 +81,9 @@ class RedisLayout:
     def applied_channel(self) -> str:
         """Pub/sub channel announcing ``"<generation>:<partition>:<offset>"`` after every applied batch."""
         return f"{self.prefix}:applied"
+
+
+@lru_cache(maxsize=256)
+def _at(layout: RedisLayout, generation: int) -> RedisLayout:
+    """Layouts are asked for per record on the projector's hot path: make each one once."""
+    return replace(layout, generation=generation)

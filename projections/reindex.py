@@ -90,6 +90,7 @@ class MilvusInventory:
         return await asyncio.to_thread(self.store.inventory, tenant, now_ms())
 
     async def tenants(self) -> list[str]:
+        await asyncio.to_thread(self.store.follow_live)  # the live generation (a rebuild may have switched it)
         return await asyncio.to_thread(self.store.tenants)
 
     async def close(self) -> None:

@@ -20,7 +20,7 @@ from ams.namespaces import Namespace
 from ams.settings import Settings
 from projections.dead_letters import DeadLetters
 from projections.log_reader import PartitionReader
-from projections.projector import Projector, RawRecord, Reseek
+from projections.projector import Projector, Reseek
 from projections.sink import ProjectionSink
 from replay.sandboxes import SandboxSpec, follow_registry
 
@@ -35,19 +35,21 @@ class SandboxFollower:
 
     async def run(self) -> None:
         try:
-            async for key, spec in follow_registry(self.settings):
-                task = self.running.pop(key, None)
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-                if spec is None:
-                    await self._drop(key)
-                else:
-                    self.running[key] = asyncio.create_task(self._project(spec))
+            async with contextlib.aclosing(follow_registry(self.settings)) as registry:  # closed when cancelled
+                async for key, spec in registry:
+                    task = self.running.pop(key, None)
+                    if task is not None:
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
+                    if spec is None:
+                        await self._drop(key)
+                    else:
+                        self.running[key] = asyncio.create_task(self._project(spec))
         finally:
             for task in self.running.values():
                 task.cancel()
+            await asyncio.gather(*self.running.values(), return_exceptions=True)  # their sinks close
 
     async def _drop(self, key: bytes) -> None:
         owner, _, name = key.decode().partition("|")
@@ -83,7 +85,7 @@ class SandboxFollower:
                         consumer.seek(TopicPartition(namespace.topic, partition), projector.resume_offset(partition))
                     checked = time.monotonic()
                 batch = await consumer.getmany(timeout_ms=500, max_records=2000)
-                records = [RawRecord.of(r) for tp_records in batch.values() for r in tp_records]
+                records = [record for tp_records in batch.values() for record in tp_records]
                 try:
                     await projector.handle(records)
                 except Reseek as reseek:

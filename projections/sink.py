@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
-from typing import ClassVar, Generic, TypeVar
+from typing import ClassVar, Generic, NamedTuple, TypeVar
 
 from commands.fold import Outcome
 
@@ -24,8 +23,7 @@ TRANSIENT: tuple[type[BaseException], ...] = (ConnectionError, OSError, TimeoutE
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class Positioned(Generic[T]):
+class Positioned(NamedTuple, Generic[T]):
     """An event with the offset it has in its partition: its position, and the version it gives a key.
 
     The event is a `commands.envelope.Event` for sinks of ``memory.events``, and a

@@ -21,7 +21,7 @@ from projections import metrics
 from projections.dead_letters import DeadLetters
 from projections.faust_app import ProjectionApp
 from projections.log_reader import PartitionReader
-from projections.projector import Projector, RawRecord, Reseek
+from projections.projector import LogRecord, Projector, RawRecord, Reseek
 from projections.sandbox_follower import SandboxFollower
 from projections.sink import ProjectionSink
 
@@ -49,13 +49,15 @@ def _redis_sink(settings: Settings, namespace: Namespace) -> ProjectionSink:
 def _postgres_sink(settings: Settings, namespace: Namespace) -> ProjectionSink:
     from projections.postgres import PostgresSink
 
-    return PostgresSink(settings.postgres_dsn, namespace.postgres_schema, settings.partitions)
+    # Sandboxes borrow the process's one pool: a pool each made a few dozen sandboxes exhaust PostgreSQL.
+    home = None if namespace.is_live else settings.postgres_schema
+    return PostgresSink(settings.postgres_dsn, namespace.postgres_schema, settings.partitions, home=home)
 
 
 def _embedder_sink(settings: Settings, namespace: Namespace) -> ProjectionSink:
     from projections.embedder import EmbedderSink
 
-    return EmbedderSink(settings)
+    return EmbedderSink(settings, namespace)
 
 
 def _milvus_sink(settings: Settings, namespace: Namespace) -> ProjectionSink:
@@ -68,12 +70,12 @@ def _milvus_sink(settings: Settings, namespace: Namespace) -> ProjectionSink:
 SINKS: dict[str, Callable[[Settings, Namespace], ProjectionSink]] = {
     "redis": _redis_sink, "postgres": _postgres_sink, "embedder": _embedder_sink, "milvus": _milvus_sink,
 }
-# The projections that also project sandboxes. The vector views do not (yet): a sandbox's embedder would
-# emit into the live embeddings topic.
-SANDBOXED = ("redis", "postgres")
+# The projections that also project sandboxes. A sandbox's embedder emits into the sandbox's own embeddings
+# stream, which each gateway's FAISS view of the sandbox reads; Milvus holds live vectors only (docs/VECTORS.md).
+SANDBOXED = ("redis", "postgres", "embedder")
 
 
-def _source(sink: ProjectionSink, settings: Settings) -> tuple[str, Callable[[RawRecord], Any] | None]:
+def _source(sink: ProjectionSink, settings: Settings) -> tuple[str, Callable[[LogRecord], Any] | None]:
     """The topic a sink reads, and the decoder of its records (None: the event envelope)."""
     if sink.source == "embeddings":
         from projections.embeddings import decode_op

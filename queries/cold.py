@@ -1,10 +1,11 @@
-"""The gateway's side of the durable projection: a connection pool, how far PostgreSQL has applied the
-log, and the watchers waiting for its changes.
+"""The gateway's side of the durable projection: connections (from the process's one pool, which every
+namespace shares), how far PostgreSQL has applied the log, and the watchers waiting for its changes.
 
 The gateway starts whether or not PostgreSQL is up (hot reads and writes do not need it): a background
-task migrates the schema once PostgreSQL answers, then LISTENs to the projector's NOTIFY, which arrives
-when a batch commits. A poll of the checkpoints covers lost notifications and reconnections. While
-PostgreSQL is unavailable, the reads that need it answer 503.
+task migrates the schema once PostgreSQL answers, then LISTENs (on the process's one listening
+connection) to the projector's NOTIFY, which arrives when a batch commits. A poll of the checkpoints
+covers lost notifications and reconnections. While PostgreSQL is unavailable, the reads that need it
+answer 503.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from ams.settings import Settings
 from commands.fold import Record
 from commands.keys import format_positions
 from projections.postgres import POSTGRES_TRANSIENT, RECORD_COLUMNS, record_from_row
-from projections.postgres_schema import applied_channel, connect, create_pool, migrate
+from projections.postgres_pool import SchemaPool, borrow
+from projections.postgres_schema import applied_channel, migrate
 from projections.sink import TRANSIENT
 from queries.tracking import POLL_SECONDS, PositionTracker, cancel_all
 
@@ -80,23 +82,27 @@ class Watchers:
 
 
 class ColdStore(PositionTracker):
-    def __init__(self, settings: Settings) -> None:
+    """One namespace's durable projection: ``settings.postgres_schema``, read through the process's shared
+    pool (`projections.postgres_pool`) whose home is ``home`` (the live schema; default: this one)."""
+
+    def __init__(self, settings: Settings, home: str | None = None) -> None:
         super().__init__()
         self.settings = settings
+        self.home = home or settings.postgres_schema
         self.watchers = Watchers(settings.max_watchers_per_tenant)
-        self._pool: asyncpg.Pool | None = None
+        self._pool: SchemaPool | None = None
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._outage_logged = False
 
     async def start(self) -> None:
-        self._pool = await create_pool(self.settings.postgres_dsn, self.settings.postgres_schema,
-                                       min_size=0, max_size=10)
-        self._tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._poll())]
+        self._pool = borrow(self.settings.postgres_dsn, self.home, self.settings.postgres_schema, max_size=10)
+        self._tasks = [asyncio.create_task(self._prepare()), asyncio.create_task(self._poll())]
 
     async def stop(self) -> None:
         await cancel_all(self._tasks)
         if self._pool is not None:
+            await self._pool.shared.unlisten(applied_channel(self.settings.postgres_schema), self._on_notify)
             await self._pool.close()
 
     @contextlib.asynccontextmanager
@@ -150,31 +156,26 @@ class ColdStore(PositionTracker):
             self._set({partition: offset})
         self.watchers.wake(announced.get("t"))
 
-    async def _listen(self) -> None:
+    async def _prepare(self) -> None:
+        """Migrate the schema once PostgreSQL answers, then listen to the projector's announcements."""
+        assert self._pool is not None
+        schema = self.settings.postgres_schema
         while True:
             try:
-                await self._listen_until_disconnected()
-            except asyncio.CancelledError:
-                raise
-            except (*UNAVAILABLE, ApiError) as error:
-                log.warning("PostgreSQL's change notifications are unavailable (%r); reconnecting in 1s", error)
-            await asyncio.sleep(1)
+                async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT) as connection:
+                    await migrate(connection, schema)
+                break
+            except UNAVAILABLE as error:
+                log.warning("PostgreSQL is unavailable to migrate schema %s (%r); retrying in 1s", schema, error)
+                await asyncio.sleep(1)
+        self._ready.set()
+        await self._pool.shared.listen(applied_channel(schema), self._on_notify, self._caught_up)
 
-    async def _listen_until_disconnected(self) -> None:
-        """Migrate the schema, then LISTEN until the connection is lost."""
-        connection = await connect(self.settings.postgres_dsn, self.settings.postgres_schema)
-        try:
-            await migrate(connection, self.settings.postgres_schema)
-            self._ready.set()
-            lost = asyncio.Event()
-            connection.add_termination_listener(lambda _: lost.set())
-            await connection.add_listener(applied_channel(self.settings.postgres_schema), self._on_notify)
+    async def _caught_up(self) -> None:
+        """Listening (again): changes made while nobody listened were not announced."""
+        with contextlib.suppress(ApiError, asyncpg.UndefinedTableError):  # a sandbox being dropped, as in _poll
             await self.refresh()
-            self.watchers.wake(None)  # changes made while nobody listened were not announced
-            await lost.wait()
-        finally:
-            with contextlib.suppress(*UNAVAILABLE):
-                await connection.close()
+        self.watchers.wake(None)
 
     async def _poll(self) -> None:
         while True:
@@ -182,6 +183,8 @@ class ColdStore(PositionTracker):
             try:
                 await self.refresh()
                 self._outage_logged = False
+            except asyncpg.UndefinedTableError:  # a sandbox dropped while this gateway still served it
+                continue
             except ApiError as error:
                 if not self._outage_logged:
                     log.warning("cannot read PostgreSQL's checkpoints: %s", error.message)

@@ -95,22 +95,18 @@ def create_app(settings: Settings) -> Starlette:
     event_log = EventLog(settings.kafka_bootstrap, settings.events_topic,
                          transactional_id=f"ams-gateway-{settings.gateway_instance}", timeout=settings.log_timeout)
     namespaces = GatewayNamespaces(settings, redis_client, event_log)
-    vector_services = vectors.VectorServices(settings, redis_client)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await event_log.start()
         await namespaces.start(live(settings))
-        await vector_services.start()
         app.state.verifier = TokenVerifier(settings)
         app.state.rate_limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
         app.state.namespaces = namespaces
         app.state.event_log = event_log
-        app.state.vectors, app.state.vector_dimensions = vector_services, vector_services.dimensions
         try:
             yield
         finally:
-            await vector_services.stop()
             await namespaces.stop()
             await event_log.stop()
             await redis_client.aclose()

@@ -1,7 +1,8 @@
 """Which namespace a request is served from: live memory, or the sandbox named in ``X-AMS-Sandbox``.
 
-The gateway follows the sandbox registry and keeps, per sandbox, the same two contexts the live namespace
-has: the command side appends to the sandbox's topic, the query side reads the sandbox's projections.
+The gateway follows the sandbox registry and keeps, per sandbox, the same contexts the live namespace has:
+the command side appends to the sandbox's topic, the query side reads the sandbox's projections, vector
+search reads the sandbox's FAISS view.
 A sandbox belongs to a tenant (or to all tenants, an operator's sandbox, in which each tenant still sees
 only its own keys); another tenant's sandbox is simply not there, as a missing key is not.
 """
@@ -24,7 +25,8 @@ from commands.log import EventLog
 from projections.redis_layout import RedisLayout
 from queries.cold import ColdStore
 from queries.context import QueryContext
-from queries.positions import AppliedPositions
+from queries.positions import AppliedChannels, AppliedPositions
+from queries.vectors import VectorServices
 from replay.sandboxes import SandboxSpec, follow_registry
 
 log = logging.getLogger("ams.gateway")
@@ -36,8 +38,10 @@ class Served:
     namespace: Namespace
     commands: CommandContext
     queries: QueryContext
+    vectors: VectorServices
 
     async def stop(self) -> None:
+        await self.vectors.stop()
         await self.queries.applied.stop()
         await self.queries.cold.stop()
 
@@ -48,15 +52,28 @@ class GatewayNamespaces:
         self.live: Served | None = None
         self.sandboxes: dict[str, Served] = {}  # "<owner>|<name>" -> contexts
         self._follower: asyncio.Task[None] | None = None
+        self.channels = AppliedChannels(redis_client)
+        # The registry follower and this gateway's own creations update the served sandboxes one at a time:
+        # interleaved, both served a new sandbox and one of the two was never stopped (its pollers leaked).
+        self._updating = asyncio.Lock()
 
     async def serve(self, namespace: Namespace) -> Served:
-        applied = AppliedPositions(self.redis, RedisLayout(namespace.redis_prefix), self.live_log.partitions)
+        applied = AppliedPositions(self.redis, RedisLayout(namespace.redis_prefix), self.live_log.partitions,
+                                   self.channels)
         await applied.start()
-        cold = ColdStore(replace(self.settings, postgres_schema=namespace.postgres_schema))
+        cold = ColdStore(replace(self.settings, postgres_schema=namespace.postgres_schema),
+                         home=self.settings.postgres_schema)
         await cold.start()
+        vectors = VectorServices(self.settings, self.redis, namespace)
+        try:
+            await vectors.start()
+        except BaseException:
+            await cold.stop()
+            await applied.stop()
+            raise
         event_log = self.live_log if namespace.is_live else self.live_log.at(namespace.topic)
         return Served(namespace, CommandContext(self.settings, event_log, applied),
-                      QueryContext(self.settings, self.redis, applied, self.live_log.partitions, cold))
+                      QueryContext(self.settings, self.redis, applied, self.live_log.partitions, cold), vectors)
 
     async def start(self, live: Namespace) -> None:
         self.live = await self.serve(live)
@@ -67,14 +84,16 @@ class GatewayNamespaces:
             self._follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follower
-        for served in [*self.sandboxes.values(), *([self.live] if self.live else [])]:
-            await served.stop()
+        served = [*self.sandboxes.values(), *([self.live] if self.live else [])]
+        await asyncio.gather(*(namespace.stop() for namespace in served))
+        await self.channels.stop()
 
     async def _follow(self) -> None:
         while True:
             try:
-                async for key, spec in follow_registry(self.settings):
-                    await self._update(key.decode(), spec)
+                async with contextlib.aclosing(follow_registry(self.settings)) as registry:  # closed when cancelled
+                    async for key, spec in registry:
+                        await self._update(key.decode(), spec)
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # noqa: BLE001 - keep following through broker restarts
@@ -82,13 +101,14 @@ class GatewayNamespaces:
                 await asyncio.sleep(1)
 
     async def _update(self, key: str, spec: SandboxSpec | None) -> None:
-        if spec is not None and key in self.sandboxes:
-            return  # already served (this gateway created it)
-        previous = self.sandboxes.pop(key, None)
-        if previous is not None:
-            await previous.stop()
-        if spec is not None:
-            self.sandboxes[key] = await self.serve(spec.namespace(self.settings))
+        async with self._updating:
+            if spec is not None and key in self.sandboxes:
+                return  # already served (this gateway created it)
+            previous = self.sandboxes.pop(key, None)
+            if previous is not None:
+                await previous.stop()
+            if spec is not None:
+                self.sandboxes[key] = await self.serve(spec.namespace(self.settings))
 
     async def include(self, spec: SandboxSpec) -> None:
         """Serve a sandbox this gateway just created, without waiting to read it back from the registry."""

@@ -275,11 +275,11 @@ PATHS: dict[str, dict[str, Any]] = {
     "/v1/admin/rebuilds/{projection}": {
         "post": _operation(
             "rebuild a projection from offset 0 (operator tenant only)", "startRebuild", "memory:admin",
-            [_path("projection", "a rebuildable projection", r"^[a-z]+$")],
+            [_path("projection", "redis, postgres, vectors or all", r"^[a-z]+$")],
             {"202": _ok("started")}, errors={**COMMON_ERRORS, "409": _error("a rebuild is running")}),
         "get": _operation(
             "the state of a projection's rebuild (operator tenant only)", "rebuildStatus", "memory:admin",
-            [_path("projection", "a rebuildable projection", r"^[a-z]+$")], {"200": _ok("the rebuild's state")}),
+            [_path("projection", "redis, postgres, vectors or all", r"^[a-z]+$")], {"200": _ok("the rebuild's state")}),
     },
 }
 

@@ -1,20 +1,25 @@
 """How far the hot projection has applied the log, per partition, and waiting until it has applied more.
 
-The projector publishes ``"<generation>:<partition>:<offset>"`` on a Redis channel after every batch; a
-poll of the generation pointers and checkpoints every ``POLL_SECONDS`` covers missed messages, Redis
-restarts and rebuilds. Readers use the generation seen here: after a rebuild moves a partition's pointer,
-the retired generation stays frozen and readable (never newer than the new one) until it is dropped well
-after every gateway has moved on, and waits are always measured in the generation being read.
+The projector publishes ``"<generation>:<partition>:<offset>"`` on a Redis channel after every batch (one
+subscription per gateway carries the channels of all its namespaces); a poll of the generation pointers
+and checkpoints every ``POLL_SECONDS`` covers missed messages, Redis restarts and rebuilds. Readers use
+the generation seen here: after a rebuild moves a partition's pointer, the retired generation stays frozen
+and readable (never newer than the new one) until it is dropped well after every gateway has moved on,
+and waits are always measured in the generation being read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
 
 from commands.keys import Position
 from projections.redis_layout import RedisLayout
@@ -23,18 +28,76 @@ from queries.tracking import POLL_SECONDS, PositionTracker, cancel_all
 log = logging.getLogger("ams.gateway")
 
 
+class AppliedChannels:
+    """One Redis subscription carrying the applied-position channels of every namespace a gateway serves.
+
+    A subscription per namespace held a Redis connection per sandbox (and leaked it when the sandbox went),
+    so a few dozen sandboxes exhausted the client's pool."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+        self._handlers: dict[bytes, Callable[[bytes], None]] = {}
+        self._wanted = asyncio.Event()
+        self._pubsub: PubSub | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def subscribe(self, channel: str, handler: Callable[[bytes], None]) -> None:
+        self._handlers[channel.encode()] = handler
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+        if self._pubsub is not None:
+            await self._pubsub.subscribe(channel)
+        self._wanted.set()
+
+    async def unsubscribe(self, channel: str) -> None:
+        self._handlers.pop(channel.encode(), None)
+        if self._pubsub is not None:
+            with contextlib.suppress(RedisError):
+                await self._pubsub.unsubscribe(channel)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            await cancel_all([self._task])
+
+    async def _run(self) -> None:
+        while True:
+            await self._wanted.wait()
+            if not self._handlers:
+                self._wanted.clear()
+                continue
+            try:
+                async with self.client.pubsub() as pubsub:
+                    self._pubsub = pubsub  # first: a channel subscribed meanwhile is not missed
+                    await pubsub.subscribe(*self._handlers)
+                    async for message in pubsub.listen():  # ends when the last channel is unsubscribed
+                        handler = self._handlers.get(message["channel"])
+                        if message["type"] == "message" and handler is not None:
+                            handler(message["data"])
+                    self._wanted.clear()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - keep listening through Redis restarts
+                log.warning("lost the projections' applied-position channels (%r); reconnecting", error)
+                await asyncio.sleep(0.5)
+            finally:
+                self._pubsub = None
+
+
 class AppliedPositions(PositionTracker):
-    def __init__(self, client: aioredis.Redis, layout: RedisLayout, partitions: int) -> None:
+    def __init__(self, client: aioredis.Redis, layout: RedisLayout, partitions: int,
+                 channels: AppliedChannels) -> None:
         super().__init__()
-        self.client, self.layout, self.partitions = client, layout, partitions
+        self.client, self.layout, self.partitions, self.channels = client, layout, partitions, channels
         self.generations: dict[int, int] = {partition: 0 for partition in range(partitions)}
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         await self.refresh()
-        self._tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._poll())]
+        await self.channels.subscribe(self.layout.applied_channel, self._on_applied)
+        self._tasks = [asyncio.create_task(self._poll())]
 
     async def stop(self) -> None:
+        await self.channels.unsubscribe(self.layout.applied_channel)
         await cancel_all(self._tasks)
 
     def layout_of(self, partition: int) -> RedisLayout:
@@ -56,22 +119,10 @@ class AppliedPositions(PositionTracker):
                 for position in positions]
         return [orjson.loads(raw) if raw is not None else None for raw in await self.client.mget(keys)]
 
-    async def _listen(self) -> None:
-        while True:
-            try:
-                pubsub = self.client.pubsub()
-                await pubsub.subscribe(self.layout.applied_channel)
-                async for message in pubsub.listen():
-                    if message["type"] != "message":
-                        continue
-                    generation, partition, offset = map(int, message["data"].decode().split(":"))
-                    if generation == self.generations.get(partition) and offset > self.applied.get(partition, -1):
-                        self._set({partition: offset})
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # noqa: BLE001 - keep listening through Redis restarts
-                log.warning("lost the projection's applied-position channel (%r); reconnecting", error)
-                await asyncio.sleep(0.5)
+    def _on_applied(self, message: bytes) -> None:
+        generation, partition, offset = map(int, message.decode().split(":"))
+        if generation == self.generations.get(partition) and offset > self.applied.get(partition, -1):
+            self._set({partition: offset})
 
     async def _poll(self) -> None:
         while True:

@@ -4,6 +4,7 @@
 ``backend``; answers ``[{key, score, value, version}]``, best first. The tenant is the token's: FAISS
 searches only that tenant's index and Milvus only that tenant's collection. ``X-AMS-Min-Position``
 waits until the chosen view reflects the embedder's processing of those ``memory.events`` positions.
+With ``X-AMS-Sandbox`` the search reads the sandbox's own FAISS view, fed by its own embeddings stream.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from starlette.routing import Route
 
 from ams.auth import ADMIN, READ
 from ams.http import ApiError, json_response, read_json
+from ams.namespaces import Namespace
 from ams.settings import Settings
 from commands.envelope import now_ms
 from commands.keys import parse_positions
@@ -36,15 +38,18 @@ from queries.params import within_log
 BACKENDS = ("faiss", "milvus")
 SEARCH_FIELDS = {"embedding", "text", "k", "filter", "backend"}
 MILVUS_POLL_SECONDS = 0.1
+MILVUS_FOLLOW_SECONDS = 0.5  # how stale a gateway's idea of the live Milvus generation may be (rebuilds)
 
 
 class VectorServices:
-    """What vector search reads: the in-process FAISS view, Milvus, and each tenant's dimension."""
+    """What vector search reads in one namespace: the in-process FAISS view, Milvus (live memory only), and
+    each tenant's dimension. A sandbox's FAISS view reads the sandbox's own embeddings stream."""
 
-    def __init__(self, settings: Settings, redis_client: aioredis.Redis) -> None:
+    def __init__(self, settings: Settings, redis_client: aioredis.Redis, namespace: Namespace) -> None:
         self.settings = settings
-        self.feed = FaissFeed(settings)
-        self.dimensions = TenantDimensions(redis_client, settings)
+        self.has_milvus = namespace.is_live
+        self.feed = FaissFeed(settings, None if namespace.is_live else namespace.embeddings_topic)
+        self.dimensions = TenantDimensions(redis_client, settings, namespace)
         self._milvus: MilvusStore | None = None
 
     async def start(self) -> None:
@@ -70,7 +75,8 @@ class VectorServices:
 
 
 def services(request: Request) -> VectorServices:
-    found: VectorServices = request.app.state.vectors
+    """The vector views of the namespace the request names: live, or the sandbox in ``X-AMS-Sandbox``."""
+    found: VectorServices = request.app.state.namespaces.resolve(request).vectors
     return found
 
 
@@ -129,6 +135,7 @@ async def _wait_milvus(store: MilvusStore, positions: dict[int, int], timeout: f
     deadline = time.monotonic() + timeout
     while True:
         try:
+            await asyncio.to_thread(store.follow_live, MILVUS_FOLLOW_SECONDS)
             checkpoints = await asyncio.to_thread(store.checkpoints)
         except CollectionReleased:
             checkpoints = {}  # loaded again on the next poll
@@ -167,6 +174,7 @@ async def _milvus_search(vectors: VectorServices, tenant: str, query: np.ndarray
 async def _milvus_attempt(vectors: VectorServices, tenant: str, query: np.ndarray, k: int,
                           conditions: list[Condition]) -> list[dict[str, Any]]:
     store = await vectors.milvus()
+    await asyncio.to_thread(store.follow_live, MILVUS_FOLLOW_SECONDS)
     shape = await asyncio.to_thread(store.tenant_shape, tenant)
     if shape is None:
         return []
@@ -191,9 +199,12 @@ async def search(request: Request) -> Response:
     if unknown:
         raise ApiError(400, "invalid_query", f"unknown fields {unknown}; expected some of {sorted(SEARCH_FIELDS)}")
     k = _k(body, settings)
-    backend = body.get("backend", settings.vector_backend)
+    backend = body.get("backend", settings.vector_backend if vectors.has_milvus else "faiss")
     if backend not in BACKENDS:
         raise ApiError(400, "invalid_backend", f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "milvus" and not vectors.has_milvus:
+        raise ApiError(422, "no_milvus_view", "a sandbox's vectors are in its FAISS view only (Milvus holds live "
+                       'memory): search without "backend", or with "backend": "faiss"')
     try:
         conditions = parse_filter(body.get("filter"))
     except InvalidFilter as error:

@@ -19,9 +19,8 @@ from projections.redis_layout import RedisLayout
 from replay import cut
 from replay.diff import AGAINST, diff_sandbox
 from replay.rebuild import RebuildState, read_state, save_state
+from replay.rebuilds import ALL, REBUILDABLE
 from replay.sandboxes import SandboxError, check_name, create_sandbox, drop_sandbox, list_sandboxes
-
-REBUILDABLE = ("redis",)
 
 
 def _settings(request: Request) -> Settings:
@@ -97,8 +96,9 @@ def _operator(request: Request) -> Principal:
 
 def _projection(request: Request) -> str:
     projection = request.path_params["projection"]
-    if projection not in REBUILDABLE:
-        raise ApiError(404, "no_projection", f"no projection {projection!r}; rebuildable: {', '.join(REBUILDABLE)}")
+    if projection not in (*REBUILDABLE, ALL):
+        raise ApiError(404, "no_projection",
+                       f"no projection {projection!r}; rebuildable: {', '.join((*REBUILDABLE, ALL))}")
     return str(projection)
 
 
@@ -107,12 +107,17 @@ async def start_rebuild(request: Request) -> Response:
     projection = _projection(request)
     from compose.local import LocalStack
 
-    process = LocalStack(_settings(request)).process(f"rebuild-{projection}")
-    if process.pid() is not None:
-        raise ApiError(409, "rebuild_running", f"a {projection} rebuild is already running (pid {process.pid()})")
+    stack = LocalStack(_settings(request))
+    process = stack.process(f"rebuild-{projection}")
+    # `all` runs every rebuild: it conflicts with each of them, and each of them with it.
+    for name in (REBUILDABLE if projection == ALL else (projection, ALL)):
+        running = stack.process(f"rebuild-{name}").pid()
+        if running is not None:
+            raise ApiError(409, "rebuild_running", f"a {name} rebuild is already running (pid {running})")
     client: aioredis.Redis = request.app.state.namespaces.redis
     layout = RedisLayout(_settings(request).redis_prefix)
-    await save_state(client, layout, RebuildState(projection, generation=-1, state="starting"))
+    for name in (REBUILDABLE if projection == ALL else (projection,)):
+        await save_state(client, layout, RebuildState(name, generation=-1, state="starting"))
     process.start([sys.executable, "-m", "ams.cli", "rebuild", projection])
     return json_response({"projection": projection, "status": f"/v1/admin/rebuilds/{projection}"}, 202)
 
@@ -121,7 +126,14 @@ async def rebuild_status(request: Request) -> Response:
     _operator(request)
     projection = _projection(request)
     client: aioredis.Redis = request.app.state.namespaces.redis
-    state = await read_state(client, RedisLayout(_settings(request).redis_prefix), projection)
+    layout = RedisLayout(_settings(request).redis_prefix)
+    if projection == ALL:  # each projection's state, and the sequence's: the first that is not done
+        states = {name: await read_state(client, layout, name) for name in REBUILDABLE}
+        if any(state is None for state in states.values()):
+            raise ApiError(404, "no_rebuild", "not every projection has been rebuilt yet; start with POST")
+        current = next((state for state in states.values() if state and state["state"] != "done"), None)
+        return json_response({"state": current["state"] if current else "done", "projections": states})
+    state = await read_state(client, layout, projection)
     if state is None:
         raise ApiError(404, "no_rebuild", f"no {projection} rebuild has run")
     return json_response(state)

@@ -1,10 +1,11 @@
 """`ams rebuild redis`: a new generation of the hot projection from offset 0, switched in with no downtime.
 
 1. Generation N+1 is filled from offset 0 by the same `Projector` and sink code the live worker runs,
-   beside the live generation N, which keeps serving and keeps receiving new events.
-2. After every batch, each partition whose new checkpoint has reached the live one is switched: one Lua
-   script compares the two checkpoints and moves the partition's pointer (atomically, per partition, so
-   a reader never sees a generation older than the one it saw before).
+   beside the live generation N, which keeps serving and keeps receiving new events. The partitions are
+   shared among worker processes, one per CPU (`replay.rebuild_worker`); this process shows their progress.
+2. Each partition whose new checkpoint has reached the live one is switched: one Lua script compares the
+   two checkpoints and moves the partition's pointer (atomically, per partition, so a reader never sees a
+   generation older than the one it saw before).
 3. The live worker's next batch for a switched partition is refused by its generation guard; it follows
    the pointer, re-reads its checkpoint from the new generation and carries on there.
 4. Once every partition is switched, and after a grace period in which every gateway has moved on (they
@@ -17,41 +18,25 @@ command again resumes the unfinished generation from its own checkpoints (``--re
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import os
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 
 import orjson
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 from ams.settings import Settings
-from projections.dead_letters import DeadLetters
-from projections.projector import Projector, RawRecord, Reseek
-from projections.redis_kv import RedisSink
 from projections.redis_layout import RedisLayout
+from replay import rebuild_worker
+from replay.rebuild_worker import WorkerProgress
 
 console = Console()
 GRACE_SECONDS = 3.0  # > several gateway polls (0.5 s) before a retired generation is dropped
-POLL_SECONDS = 1.0
-
-# KEYS: the partition's pointer. ARGV: new generation, prefix, partition.
-SWITCH = """
-local live = tonumber(redis.call('GET', KEYS[1]) or '0')
-local new = tonumber(ARGV[1])
-if live >= new then return 1 end
-local function checkpoint(generation)
-  return tonumber(redis.call('GET', ARGV[2] .. ':g' .. generation .. ':{p' .. ARGV[3] .. '}:ckpt') or '-1')
-end
-if checkpoint(new) >= checkpoint(live) then
-  redis.call('SET', KEYS[1], ARGV[1])
-  -- the new generation holds every event the live one did: readers may trust it (see redis_recovery.py)
-  redis.call('SET', ARGV[2] .. ':g' .. new .. ':{p' .. ARGV[3] .. '}:live', 1)
-  return 1
-end
-return 0
-"""
+SAVE_SECONDS = 1.0
 
 
 @dataclass
@@ -66,16 +51,26 @@ class RebuildState:
     events_per_second: float = 0.0
     eta_seconds: float | None = None
     switched: list[int] = field(default_factory=list)
+    workers: int = 0
     started: float = field(default_factory=time.time)
     finished: float | None = None
     error: str | None = None
+
+
+class RebuildFailed(RuntimeError):
+    """A rebuild worker failed; the live generation is untouched and the rebuild can be run again."""
 
 
 def state_key(layout: RedisLayout, projection: str) -> str:
     return f"{layout.prefix}:rebuild:{projection}"
 
 
-async def rebuild_redis(settings: Settings, *, restart: bool = False, quiet: bool = False) -> RebuildState:
+def default_workers(settings: Settings) -> int:
+    return max(1, min(os.cpu_count() or 1, settings.partitions))
+
+
+async def rebuild_redis(settings: Settings, *, restart: bool = False, quiet: bool = False,
+                        workers: int | None = None) -> RebuildState:
     layout = RedisLayout(settings.redis_prefix)
     client = aioredis.from_url(settings.redis_url)
     try:
@@ -83,7 +78,7 @@ async def rebuild_redis(settings: Settings, *, restart: bool = False, quiet: boo
         building = max(live.values()) + 1
         if restart:
             await drop_generation(client, layout.at(building), quiet=quiet)
-        state = RebuildState("redis", building)
+        state = RebuildState("redis", building, workers=min(workers or default_workers(settings), settings.partitions))
         await save_state(client, layout, state)
         try:
             await _build(settings, client, layout, state, quiet)
@@ -94,7 +89,7 @@ async def rebuild_redis(settings: Settings, *, restart: bool = False, quiet: boo
                 await drop_generation(client, layout.at(retired), quiet=quiet)
             state.state, state.finished = "done", time.time()
         except BaseException as error:
-            state.state, state.error, state.finished = "failed", repr(error), time.time()
+            state.state, state.error, state.finished = "failed", str(error) or repr(error), time.time()
             raise
         finally:
             await save_state(client, layout, state)
@@ -105,63 +100,54 @@ async def rebuild_redis(settings: Settings, *, restart: bool = False, quiet: boo
 
 async def _build(settings: Settings, client: aioredis.Redis, layout: RedisLayout, state: RebuildState,
                  quiet: bool) -> None:
-    sink = RedisSink(settings.redis_url, layout, settings.partitions, building=state.generation)
-    dead_letters = DeadLetters(settings.kafka_bootstrap, settings.dlq_topic, settings.events_topic)
-    projector = Projector(sink, dead_letters, settings.default_tenant)
-    switch = client.register_script(SWITCH)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
-                                isolation_level="read_committed", max_partition_fetch_bytes=8 << 20)
-    await consumer.start()
+    """Run the workers (each a process with a share of the partitions) and show their combined progress."""
+    context = multiprocessing.get_context("spawn")  # never fork a process that runs an event loop
+    queue = context.Queue()
+    shares = [list(range(settings.partitions))[worker::state.workers] for worker in range(state.workers)]
+    processes = [context.Process(target=rebuild_worker.run, name=f"ams-rebuild-{worker}", daemon=True,
+                                 args=(settings, state.generation, share, worker, queue.put))
+                 for worker, share in enumerate(shares)]
+    started, saved = time.monotonic(), 0.0
+    reports = {worker: WorkerProgress(worker) for worker in range(state.workers)}
+    for process in processes:
+        process.start()
     try:
-        await projector.load_checkpoints()
-        partitions = [TopicPartition(settings.events_topic, p) for p in range(settings.partitions)]
-        consumer.assign(partitions)
-        for tp in partitions:
-            consumer.seek(tp, projector.resume_offset(tp.partition))
-        remaining = set(partitions)
-        started, applied_at_start = time.monotonic(), 0
         with Progress(TextColumn("rebuilding redis generation {task.fields[generation]}"), BarColumn(),
                       MofNCompleteColumn(), TaskProgressColumn(), TextColumn("{task.fields[rate]} ev/s"),
                       TimeRemainingColumn(), console=console, disable=quiet) as bar:
             task = bar.add_task("rebuild", total=None, generation=state.generation, rate="-")
-            heads: dict[TopicPartition, int] = {}
-            polled = 0.0
-            while remaining:
-                if time.monotonic() - polled > POLL_SECONDS:
-                    # The log's head, and the state for the admin endpoint, once a second: not every batch.
-                    heads = await consumer.end_offsets(list(remaining))
-                    polled = time.monotonic()
-                    await save_state(client, layout, state)
-                behind = {tp for tp in remaining if projector.resume_offset(tp.partition) < heads[tp]}
-                if behind:
-                    batch = await consumer.getmany(*behind, timeout_ms=200, max_records=20_000)
-                    records = [RawRecord.of(r) for tp_records in batch.values() for r in tp_records]
-                    try:
-                        await projector.handle(records)
-                    except Reseek as reseek:
-                        for partition, offset in reseek.offsets.items():
-                            consumer.seek(TopicPartition(settings.events_topic, partition), offset)
-                    state.applied += len(records)
-                else:
-                    # Caught up with the head last seen: switch each partition the live one is not ahead of.
-                    for tp in sorted(remaining, key=lambda tp: tp.partition):
-                        args = [state.generation, layout.prefix, tp.partition]
-                        if await switch(keys=[layout.pointer(tp.partition)], args=args):
-                            remaining.discard(tp)
-                            consumer.pause(tp)
-                            state.switched.append(tp.partition)
-                    polled = 0.0  # what did not switch is behind a head that moved: look again now
-                state.total = state.applied + sum(max(0, heads[tp] - projector.resume_offset(tp.partition))
-                                                  for tp in remaining)
-                elapsed = max(time.monotonic() - started, 1e-6)
-                state.events_per_second = (state.applied - applied_at_start) / elapsed
-                state.eta_seconds = ((state.total - state.applied) / state.events_per_second
-                                     if state.events_per_second else None)
+            while not all(report.done for report in reports.values()):
+                while not queue.empty():
+                    report: WorkerProgress = queue.get_nowait()
+                    if report.error is not None:
+                        raise RebuildFailed(f"rebuild worker {report.worker} (partitions "
+                                            f"{shares[report.worker]}) failed: {report.error}")
+                    reports[report.worker] = report
+                for worker, process in enumerate(processes):
+                    if process.exitcode not in (None, 0) or (process.exitcode == 0 and queue.empty()
+                                                             and not reports[worker].done):
+                        raise RebuildFailed(f"rebuild worker {worker} (partitions {shares[worker]}) exited "
+                                            f"with code {process.exitcode}; run the rebuild again to resume")
+                _update(state, reports.values(), time.monotonic() - started)
                 bar.update(task, completed=state.applied, total=state.total, rate=f"{state.events_per_second:,.0f}")
+                if time.monotonic() - saved > SAVE_SECONDS:
+                    await save_state(client, layout, state)
+                    saved = time.monotonic()
+                await asyncio.sleep(0.05)
+            _update(state, reports.values(), time.monotonic() - started)
     finally:
-        await consumer.stop()
-        await dead_letters.close()
-        await sink.close()
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+            process.join(5)
+
+
+def _update(state: RebuildState, reports: Collection[WorkerProgress], elapsed: float) -> None:
+    state.applied = sum(report.applied for report in reports)
+    state.total = state.applied + sum(report.behind for report in reports)
+    state.switched = sorted(partition for report in reports for partition in report.switched)
+    state.events_per_second = state.applied / max(elapsed, 1e-6)
+    state.eta_seconds = (state.total - state.applied) / state.events_per_second if state.events_per_second else None
 
 
 async def _pointers(client: aioredis.Redis, layout: RedisLayout, partitions: int) -> dict[int, int]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import asdict, dataclass, field, replace
 
 import orjson
@@ -67,7 +67,9 @@ def registry_topic(settings: Settings) -> str:
     return f"{settings.events_topic}.sandboxes"
 
 
-async def follow_registry(settings: Settings, *, once: bool = False) -> AsyncIterator[tuple[bytes, SandboxSpec | None]]:
+async def follow_registry(
+    settings: Settings, *, once: bool = False
+) -> AsyncGenerator[tuple[bytes, SandboxSpec | None], None]:
     """Every registry record from the start (then, unless ``once``, new ones as they come)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
                                 isolation_level="read_committed")
@@ -81,9 +83,18 @@ async def follow_registry(settings: Settings, *, once: bool = False) -> AsyncIte
             if once and await consumer.position(tp) >= end:
                 return
             batch = await consumer.getmany(tp, timeout_ms=500)
+            # The newest record of each key in the batch (a sandbox created and dropped since is only dropped,
+            # which spares a follower catching up from serving it in between), after a drop when there was one.
+            newest: dict[bytes, bytes | None] = {}
+            dropped: set[bytes] = set()
             for record in batch.get(tp, []):
-                spec = SandboxSpec(**orjson.loads(record.value)) if record.value is not None else None
-                yield record.key, spec
+                newest[record.key] = record.value
+                if record.value is None:
+                    dropped.add(record.key)
+            for key, value in newest.items():
+                if value is not None and key in dropped:
+                    yield key, None  # dropped, then created again under the same name
+                yield key, SandboxSpec(**orjson.loads(value)) if value is not None else None
     finally:
         await consumer.stop()
 
@@ -120,7 +131,7 @@ async def create_sandbox(settings: Settings, owner: str, name: str, *, key_prefi
         source = {str(partition): head - 1 for partition, head in heads.items()}
     spec = SandboxSpec(owner, name, key_prefix, until, source_offsets=source)
     selection = Selection(None if owner == ALL_TENANTS else owner, key_prefix, spec.source_cut())
-    await _create_topic(settings, namespace.topic)
+    await _create_topics(settings, [namespace.topic, namespace.embeddings_topic])
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", max_request_size=8 << 20,
                                 transactional_id=f"ams-sandbox-{owner}-{name}", transaction_timeout_ms=900_000)
     await producer.start()
@@ -144,7 +155,8 @@ async def create_sandbox(settings: Settings, owner: str, name: str, *, key_prefi
 
 
 async def drop_sandbox(settings: Settings, owner: str, name: str) -> SandboxSpec:
-    """Unregister the sandbox and delete its topic; projection workers then drop its state."""
+    """Unregister the sandbox and delete its topics; projection workers then drop its state, and gateways
+    its FAISS view (held in memory only)."""
     key = f"{owner}|{check_name(name)}".encode()
     spec = (await list_sandboxes(settings)).get(key)
     if spec is None:
@@ -152,8 +164,12 @@ async def drop_sandbox(settings: Settings, owner: str, name: str) -> SandboxSpec
     await _register(settings, key, None)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
+    namespace = spec.namespace(settings)
     try:
-        await admin.delete_topics([spec.namespace(settings).topic])
+        existing = set(await admin.list_topics())
+        found = [topic for topic in (namespace.topic, namespace.embeddings_topic) if topic in existing]
+        if found:
+            await admin.delete_topics(found)
     except UnknownTopicOrPartitionError:
         pass
     finally:
@@ -161,11 +177,16 @@ async def drop_sandbox(settings: Settings, owner: str, name: str) -> SandboxSpec
     return spec
 
 
-async def _create_topic(settings: Settings, topic: str) -> None:
+async def _create_topics(settings: Settings, topics: list[str]) -> None:
+    """The sandbox's log and embeddings stream, configured like the live ones (same partitions, kept forever)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(topic, settings.partitions, 1, topic_configs=log_topic_configs())])
+        existing = set(await admin.list_topics())
+        missing = [NewTopic(topic, settings.partitions, 1, topic_configs=log_topic_configs())
+                   for topic in topics if topic not in existing]
+        if missing:
+            await admin.create_topics(missing)
     except TopicAlreadyExistsError:
         pass
     finally:

@@ -79,10 +79,10 @@ def send(case: Case, settings: Settings) -> None:
             body = b"" if response.status_code == 200 else response.content
             _check(case, response.status_code, response.headers.get("content-type", ""), body)
         return
-    response = case.call(base_url=settings.gateway_url, headers=headers, timeout=30)
-    _check(case, response.status_code, response.headers.get("content-type", [""])[0], response.content)
-    if case.path == "/v1/sandboxes" and case.method == "POST" and response.status_code == 201:
-        name = response.json()["name"]
+    called = case.call(base_url=settings.gateway_url, headers=headers, timeout=30)
+    _check(case, called.status_code, called.headers.get("content-type", [""])[0], called.content)
+    if case.path == "/v1/sandboxes" and case.method == "POST" and called.status_code == 201:
+        name = called.json()["name"]
         dropped = requests.delete(f"{settings.gateway_url}/v1/sandboxes/{name}", headers=headers, timeout=30)
         assert dropped.status_code == 200, dropped.text
 

@@ -62,6 +62,7 @@ class TestEmbedderSink(SinkContract):
                                                           ["value", "version", "deleted"])
         if value is None or deleted == b"1":
             return None
+        assert version is not None
         return {"value": orjson.loads(value), "version": int(version)}
 
 

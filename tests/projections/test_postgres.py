@@ -44,8 +44,8 @@ class TestPostgresSink(SinkContract):
 
     async def read(self, sink: ProjectionSink, tenant: str, key: str) -> dict[str, Any] | None:
         assert isinstance(sink, PostgresSink)
-        row = await (await sink.pool()).fetchrow(
-            "SELECT * FROM kv_current WHERE tenant = $1 AND key = $2", tenant, key)
+        async with (await sink.pool()).acquire() as connection:
+            row = await connection.fetchrow("SELECT * FROM kv_current WHERE tenant = $1 AND key = $2", tenant, key)
         record = visible(record_from_row(row), now_ms()) if row is not None else None
         return {"value": record.value, "version": record.version} if record is not None else None
 
@@ -86,8 +86,8 @@ async def test_values_come_back_as_the_exact_bytes_written(schema: str, tenant: 
     try:
         value = {"z": 1, "a": [1.5, "é", None, {"y": True}], "big": 2**62}
         await sink.apply(0, [Positioned(Event(PUT, tenant, "k", value, ts=now_ms()), 0)], through=0, expected=-1)
-        stored = await (await sink.pool()).fetchval(
-            "SELECT value FROM kv_current WHERE tenant = $1 AND key = 'k'", tenant)
+        async with (await sink.pool()).acquire() as connection:
+            stored = await connection.fetchval("SELECT value FROM kv_current WHERE tenant = $1 AND key = 'k'", tenant)
         assert stored == orjson.dumps(value)
     finally:
         await sink.close()
@@ -125,7 +125,8 @@ async def test_a_broken_projection_is_retried_not_blamed_on_the_events(schema: s
     sink = PostgresSink(settings.postgres_dsn, schema, settings.partitions)
     await sink.start()
     try:
-        await (await sink.pool()).execute("DROP TABLE kv_history")
+        async with (await sink.pool()).acquire() as connection:
+            await connection.execute("DROP TABLE kv_history")
         with pytest.raises(PostgresUnavailable) as raised:
             await sink.apply(0, [Positioned(Event(PUT, tenant, "k", 1, ts=now_ms()), 0)], through=0, expected=-1)
         assert isinstance(raised.value, sink.transient_errors)

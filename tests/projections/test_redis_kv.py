@@ -15,7 +15,7 @@ import redis
 from ams.settings import get_settings
 from commands.envelope import PUT, Event, now_ms
 from commands.keys import kafka_key, partition_for
-from projections.redis_kv import RedisSink
+from projections.redis_kv import PART_RECORDS, RedisSink
 from projections.redis_layout import RedisLayout
 from projections.sink import Positioned, ProjectionSink
 from tests.projections.sink_contract import SinkContract
@@ -34,8 +34,10 @@ class TestRedisSink(SinkContract):
         home = partition_for(kafka_key(tenant, key), sink.partitions)
         value, version, expires, deleted = await sink.client.hmget(
             sink.layout_of(home).record(home, tenant, key), ["value", "version", "expires", "deleted"])
-        if value is None or deleted == b"1" or (int(expires or 0) and int(expires) <= now_ms()):
+        expiry = int(expires or 0)
+        if value is None or deleted == b"1" or (expiry and expiry <= now_ms()):
             return None
+        assert version is not None
         return {"value": orjson.loads(value), "version": int(version)}
 
 
@@ -68,3 +70,59 @@ async def test_with_wait_replicas_a_batch_is_on_the_replica_when_apply_returns(r
     home = partition_for(kafka_key(tenant, "k"), settings.partitions)
     assert redis.Redis.from_url(replica).hget(sink.layout_of(home).record(home, tenant, "k"), "value") == b'"v"'
     await sink.close()
+
+
+def one_partition_batch(sink: RedisSink, tenant: str, count: int) -> tuple[int, list[Positioned]]:
+    """``count`` puts of distinct keys that all route to one partition (a rebuild's big window)."""
+    keys = (f"big/{i}" for i in range(count * sink.partitions * 4))
+    home = partition_for(kafka_key(tenant, "big/0"), sink.partitions)
+    mine = [key for key in keys if partition_for(kafka_key(tenant, key), sink.partitions) == home][:count]
+    assert len(mine) == count
+    return home, [Positioned(Event(PUT, tenant, key, {"n": offset}, ts=now_ms()), offset, True)
+                  for offset, key in enumerate(mine)]
+
+
+async def test_a_rebuild_writes_a_big_batch_in_parts_and_all_of_it_lands(tenant: str) -> None:
+    settings = get_settings()
+    layout = RedisLayout(f"test-{uuid.uuid4().hex[:8]}")
+    sink = RedisSink(settings.redis_url, layout, settings.partitions, building=1)
+    try:
+        await sink.checkpoints()
+        home, events = one_partition_batch(sink, tenant, PART_RECORDS * 2 + 10)
+        await sink.apply(home, events, len(events) - 1, -1)
+        again = RedisSink(settings.redis_url, layout, settings.partitions, building=1)
+        assert (await again.checkpoints())[home] == len(events) - 1  # finished: nothing to start over
+        built = await again.records(tenant)  # generation 1, the one being built
+        assert {key: record.value for key, record in built.items()} == {e.event.key: e.event.data for e in events}
+        assert await sink.client.zcard(layout.at(1).index(home, tenant)) == len(events)
+        await again.close()
+    finally:
+        await sink.drop()
+        await sink.close()
+
+
+async def test_a_rebuild_interrupted_between_the_parts_of_a_batch_starts_that_partition_over(tenant: str) -> None:
+    settings = get_settings()
+    layout = RedisLayout(f"test-{uuid.uuid4().hex[:8]}")
+    sink = RedisSink(settings.redis_url, layout, settings.partitions, building=1)
+    try:
+        await sink.checkpoints()
+        home, events = one_partition_batch(sink, tenant, PART_RECORDS + 10)
+        await sink.apply(home, events[:5], 4, -1)  # a first batch that completes
+
+        async def killed(**_: Any) -> None:
+            raise ConnectionError("the rebuild died before the batch's last part")
+
+        sink._script = killed  # type: ignore[assignment]
+        with pytest.raises(ConnectionError):
+            await sink.apply(home, events[5:], len(events) - 1, 4)
+        part = layout.at(1).partition_prefix(home)
+        assert len([name async for name in sink.client.scan_iter(match=part + "*")]) > PART_RECORDS
+
+        resumed = RedisSink(settings.redis_url, layout, settings.partitions, building=1)
+        assert home not in await resumed.checkpoints()  # the partition holds records beyond its checkpoint
+        assert [name async for name in sink.client.scan_iter(match=part + "*")] == []
+        await resumed.close()
+    finally:
+        await sink.drop()
+        await sink.close()

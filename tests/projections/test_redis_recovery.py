@@ -59,7 +59,8 @@ async def test_after_a_flush_reads_stay_correct_and_the_hot_state_comes_back(
     layout = RedisLayout(settings.redis_prefix)
     for key, record in expected.items():  # the hot state is the fold of the log again, commands and all
         home = partition_for(kafka_key(tenant, key), settings.partitions)
-        assert decode_record(await redis.hgetall(layout.record(home, tenant, key))) == record, key
+        fields = await redis.hgetall(layout.record(home, tenant, key))
+        assert decode_record(fields) == record, key  # type: ignore[arg-type]
     retried = await api.put("/v1/kv/mem/0", json="lost", headers={"If-Match": '"0"'})
     assert retried.status_code == 409  # conditions are judged on the restored records
 

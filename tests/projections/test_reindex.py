@@ -15,9 +15,10 @@ from ams.settings import Settings
 from commands.envelope import now_ms
 from compose.local import LocalStack
 from projections.embeddings import UPSERT, EmbeddingOp
-from projections.faiss_feed import index_params, snapshot_path
+from projections.faiss_feed import index_params
+from projections.faiss_files import snapshot_path
 from projections.faiss_view import FaissView
-from projections.milvus_store import MilvusStore, Row, collection_name
+from projections.milvus_store import MilvusStore, Row
 from tests.conftest import token_for
 from tests.vector_support import put_all, search
 
@@ -35,7 +36,8 @@ async def faiss_inventory(settings: Settings, tenant: str) -> dict[str, int]:
 def corrupt_milvus(settings: Settings, tenant: str, versions: dict[str, int]) -> None:
     store = MilvusStore(settings.milvus_endpoint)
     try:
-        store.client.delete(collection_name(tenant), ids=["k0"])  # missing
+        store.follow_live()
+        store.client.delete(store.collection(tenant), ids=["k0"])  # missing
         store.tenant_shape(tenant)
         store.upsert(tenant, [Row("k1", versions["k1"] - 1, np.asarray([0, 0, 1], dtype=np.float32), {"n": "old"}),
                               Row("ghost", 0, np.asarray([1, 0, 0], dtype=np.float32), {"n": "ghost"})])

@@ -79,7 +79,7 @@ async def test_history_pages_newest_first_and_oldest_first(api: httpx.AsyncClien
         pages: list[dict[str, Any]] = []
         cursor = None
         while True:
-            params = {"order": order, "limit": 3, **({"cursor": cursor} if cursor else {})}
+            params: dict[str, str | int] = {"order": order, "limit": 3, **({"cursor": cursor} if cursor else {})}
             page = (await api.get("/v1/kv/doc/history", params=params)).json()
             pages += page["entries"]
             cursor = page["next_cursor"]

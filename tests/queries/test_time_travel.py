@@ -13,7 +13,7 @@ from commands.envelope import DELETE, Event, encode, now_ms, uuid7
 from commands.fold import visible
 from commands.keys import format_positions, kafka_key, partition_for
 from tests.conftest import token_for
-from tests.support import kv_events_by_key, produce_raw, state_after
+from tests.support import Logged, kv_events_by_key, produce_raw, state_after
 
 pytestmark = pytest.mark.stack
 
@@ -67,9 +67,10 @@ async def test_a_key_as_of_each_of_its_positions(settings: Settings, api: httpx.
     await api.get("/v1/kv/plan/e/history", headers={"X-AMS-Min-Position": token_of([lost, *last.split(",")])})
     for key in ("plan/a", "plan/b", "plan/d"):
         for logged in by_key[key]:
-            cut = {logged.partition: logged.offset}
-            expected = visible(state_after(by_key[key], lambda event, cut=cut: event.offset <= cut[event.partition]),
-                               logged.event.ts)
+            def included(event: Logged, through: int = logged.offset) -> bool:
+                return event.offset <= through
+
+            expected = visible(state_after(by_key[key], included), logged.event.ts)
             response = await api.get(f"/v1/kv/{key}", params={"as_of": logged.position})
             if expected is None:
                 assert response.status_code == 404, (key, logged.position, response.text)
@@ -116,7 +117,8 @@ async def test_listing_as_of_pages_by_key(api: httpx.AsyncClient) -> None:
     as_of = rfc3339(int(datetime.now(UTC).timestamp() * 1000) + 60_000)
     keys, cursor = [], None
     while True:
-        params = {"prefix": "page/", "as_of": as_of, "limit": 3, **({"cursor": cursor} if cursor else {})}
+        params: dict[str, str | int] = {"prefix": "page/", "as_of": as_of, "limit": 3,
+                                        **({"cursor": cursor} if cursor else {})}
         body = (await api.get("/v1/kv", params=params)).json()
         keys += [item["key"] for item in body["items"]]
         cursor = body["next_cursor"]

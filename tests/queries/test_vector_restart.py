@@ -11,7 +11,8 @@ import pytest
 from ams.settings import Settings
 from commands.envelope import DELETE, PUT, Event, now_ms, uuid7
 from compose.local import LocalStack
-from projections.faiss_feed import index_params, snapshot_path
+from projections.faiss_feed import index_params
+from projections.faiss_files import snapshot_path
 from projections.faiss_view import FaissView
 from tests.vector_support import append_event, merge_tokens, put_all, search
 

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from ams.settings import Settings
+from replay.sandboxes import follow_registry
 from tests.conftest import token_for
 from tests.support import redis_records, topic_exists
 
@@ -118,3 +119,23 @@ async def test_bad_sandbox_requests_are_clear_4xx(admin: httpx.AsyncClient) -> N
     assert (await admin.post("/v1/sandboxes", json={"name": "ok", "until": "0:999999999"})).status_code == 422
     name, _ = await make_sandbox(admin)
     assert (await admin.post("/v1/sandboxes", json={"name": name})).status_code == 409
+
+
+async def test_a_sandbox_dropped_and_created_again_under_its_name_is_served_afresh(
+    api: httpx.AsyncClient, admin: httpx.AsyncClient, settings: Settings, tenant: str
+) -> None:
+    await api.put("/v1/kv/k", json="first")
+    name, sandbox = await make_sandbox(admin)
+    assert (await api.put("/v1/kv/only-in-first", json=1, headers=sandbox)).status_code == 200
+    assert (await admin.delete(f"/v1/sandboxes/{name}")).status_code == 200
+    await api.put("/v1/kv/k", json="second")
+    again = await admin.post("/v1/sandboxes", json={"name": name})
+    assert again.status_code == 201, again.text
+    fresh = {"X-AMS-Sandbox": name, "X-AMS-Min-Position": again.headers["X-AMS-Position"]}
+    async with asyncio.timeout(30):  # the gateway has seen the drop and serves the new sandbox
+        while (await api.get("/v1/kv/only-in-first", headers=fresh)).status_code != 404:
+            await asyncio.sleep(0.2)
+    assert (await api.get("/v1/kv/k", headers=fresh)).json() == "second"
+    # Read in batches newest-per-name, the registry still reports the drop before the new sandbox.
+    records = [spec async for key, spec in follow_registry(settings, once=True) if key == f"{tenant}|{name}".encode()]
+    assert records[-2] is None and records[-1] is not None

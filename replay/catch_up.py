@@ -1,0 +1,148 @@
+"""What `ams rebuild postgres` and `ams rebuild vectors` share: a new generation caught up with a topic.
+
+A `Builder` feeds a `Projector` (the very code the live worker runs, over a sink that writes the new
+generation) from the generation's own checkpoints, so an interrupted rebuild resumes where it stopped.
+It reports progress to a rich task and to the `RebuildState` the admin endpoint serves.
+
+"Caught up" is judged by the consumer's position, not by the last applied offset: the log is written
+by transactional producers, so a partition usually ends with a commit marker, which has an offset but
+is never delivered as a record.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
+
+from ams.settings import Settings
+from projections.projector import Projector, Reseek
+from projections.redis_layout import RedisLayout
+from replay.rebuild import RebuildState, save_state
+
+console = Console()
+REPORT_SECONDS = 1.0
+MAX_RECORDS = 20_000
+
+
+def progress_display(*, quiet: bool) -> Progress:
+    """One display for one or several rebuilds: a row each, with events/s and an estimate."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+                    TextColumn("{task.fields[rate]} ev/s"), TimeRemainingColumn(), console=console, disable=quiet)
+
+
+@dataclass
+class Tracker:
+    """Counts what a rebuild applied, estimates the rest, and publishes both (bar and Redis state)."""
+
+    state: RebuildState
+    redis: aioredis.Redis
+    layout: RedisLayout
+    progress: Progress
+    task: TaskID | None = None
+    _started: float = field(default_factory=time.monotonic)
+    _reported: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.task is None:
+            self.task = self.progress.add_task(f"rebuilding {self.state.projection}", total=None, rate="-")
+
+    def describe(self, what: str) -> None:
+        assert self.task is not None
+        self.progress.update(self.task, description=f"{self.state.projection}: {what}")
+
+    async def count(self, applied: int, remaining: int, *, force: bool = False) -> None:
+        state = self.state
+        state.applied += applied
+        state.total = state.applied + remaining
+        state.events_per_second = state.applied / max(time.monotonic() - self._started, 1e-6)
+        state.eta_seconds = remaining / state.events_per_second if state.events_per_second else None
+        assert self.task is not None
+        self.progress.update(self.task, completed=state.applied, total=state.total,
+                             rate=f"{state.events_per_second:,.0f}")
+        if force or time.monotonic() - self._reported > REPORT_SECONDS:
+            self._reported = time.monotonic()
+            await save_state(self.redis, self.layout, state)
+
+    async def save(self) -> None:
+        await save_state(self.redis, self.layout, self.state)
+
+
+async def started_consumer(settings: Settings) -> AIOKafkaConsumer:
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+                                isolation_level="read_committed", max_partition_fetch_bytes=8 << 20)
+    await consumer.start()
+    return consumer
+
+
+@dataclass
+class Builder:
+    """Applies ``topic`` to a new generation through ``projector``, from the generation's checkpoints."""
+
+    projector: Projector
+    consumer: AIOKafkaConsumer
+    topic: str
+    partitions: int
+    tracker: Tracker
+
+    @property
+    def assigned(self) -> list[TopicPartition]:
+        return [TopicPartition(self.topic, partition) for partition in range(self.partitions)]
+
+    async def start(self) -> None:
+        await self.projector.load_checkpoints()
+        self.consumer.assign(self.assigned)
+
+    def _seek_to_checkpoints(self) -> None:
+        for tp in self.assigned:
+            self.consumer.seek(tp, self.projector.resume_offset(tp.partition))
+
+    async def to_head(self) -> None:
+        """Apply the log up to its head, and again up to the head it has then, until nothing is left."""
+        self._seek_to_checkpoints()
+        while True:
+            heads = await self.consumer.end_offsets(self.assigned)
+            behind = [tp for tp in self.assigned if await self.consumer.position(tp) < heads[tp]]
+            if not behind:
+                await self.tracker.count(0, 0, force=True)
+                return
+            await self._step(behind, {tp.partition: heads[tp] - 1 for tp in behind}, heads)
+
+    async def through(self, offsets: Mapping[int, int]) -> None:
+        """Apply the log exactly up to ``offsets`` (inclusive, per partition): the last applied offsets of
+        the live projection, so that the new generation ends where the live one does."""
+        self._seek_to_checkpoints()
+        while True:
+            behind = [tp for tp in self.assigned
+                      if self.projector.resume_offset(tp.partition) <= offsets.get(tp.partition, -1)]
+            if not behind:
+                await self.tracker.count(0, 0, force=True)
+                return
+            heads = {tp: offsets[tp.partition] + 1 for tp in behind}
+            await self._step(behind, {tp.partition: offsets[tp.partition] for tp in behind}, heads)
+
+    async def _step(self, behind: list[TopicPartition], last: Mapping[int, int],
+                    heads: Mapping[TopicPartition, int]) -> None:
+        batch = await self.consumer.getmany(*behind, timeout_ms=200, max_records=MAX_RECORDS)
+        records = [record for tp, tp_records in batch.items() for record in tp_records
+                   if record.offset <= last[tp.partition]]
+        try:
+            await self.projector.handle(records)
+        except Reseek as reseek:
+            for partition, offset in reseek.offsets.items():
+                self.consumer.seek(TopicPartition(self.topic, partition), offset)
+        remaining = sum(max(0, heads[tp] - self.projector.resume_offset(tp.partition)) for tp in behind)
+        await self.tracker.count(len(records), remaining)

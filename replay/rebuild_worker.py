@@ -1,0 +1,154 @@
+"""One rebuild worker: a process that folds a set of partitions into the new generation and switches them.
+
+`replay.rebuild` starts one per CPU (each with its own Kafka consumer and Redis connection, so decoding
+and folding run in parallel) and shows their combined progress. A worker uses the same `Projector` and
+`RedisSink` as the live worker, with two differences that make it fast:
+
+- It folds a partition's events in memory for up to ``WINDOW`` events before it writes, so a key updated
+  many times in that window is written once (the new generation is read by nobody until it is switched).
+- The sink knows the generation starts empty, so it never reads a record back from Redis.
+
+A worker whose coordinator died stops at once, so a killed rebuild never keeps writing behind an operator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from ams.settings import Settings
+from projections.dead_letters import DeadLetters
+from projections.projector import LogRecord, Projector, Reseek
+from projections.redis_kv import RedisSink
+from projections.redis_layout import RedisLayout
+
+WINDOW = 50_000  # events of one partition folded in memory before they are written, in one atomic step
+POLL_SECONDS = 1.0
+REPORT_SECONDS = 0.25
+
+# KEYS: the partition's pointer. ARGV: new generation, prefix, partition.
+SWITCH = """
+local live = tonumber(redis.call('GET', KEYS[1]) or '0')
+local new = tonumber(ARGV[1])
+if live >= new then return 1 end
+local function checkpoint(generation)
+  return tonumber(redis.call('GET', ARGV[2] .. ':g' .. generation .. ':{p' .. ARGV[3] .. '}:ckpt') or '-1')
+end
+if checkpoint(new) >= checkpoint(live) then
+  redis.call('SET', KEYS[1], ARGV[1])
+  -- the new generation holds every event the live one did: readers may trust it (see redis_recovery.py)
+  redis.call('SET', ARGV[2] .. ':g' .. new .. ':{p' .. ARGV[3] .. '}:live', 1)
+  return 1
+end
+return 0
+"""
+
+
+@dataclass
+class WorkerProgress:
+    """What a worker tells the coordinator, a few times a second and once at the end."""
+
+    worker: int
+    applied: int = 0
+    behind: int = 0  # events between its partitions' checkpoints and the log's head
+    switched: list[int] = field(default_factory=list)
+    done: bool = False
+    error: str | None = None
+
+
+Report = Callable[[WorkerProgress], None]
+
+
+def run(settings: Settings, generation: int, partitions: list[int], worker: int, report: Report) -> None:
+    """A worker process's entry point."""
+    # A worker keeps millions of small objects alive (batches, folded records, the record cache), none of
+    # them in reference cycles: with the default thresholds the cyclic collector would scan them again and
+    # again and take half the time. Collect rarely instead.
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 1000)
+    progress = WorkerProgress(worker)
+    try:
+        asyncio.run(build(settings, generation, partitions, progress, report, parent=os.getppid()))
+    except BaseException as error:
+        progress.error = f"{type(error).__name__}: {error}"
+        report(progress)
+        raise
+
+
+async def build(settings: Settings, generation: int, partitions: list[int], progress: WorkerProgress,
+                report: Report, *, parent: int | None = None) -> None:
+    """Fold ``partitions`` from their checkpoints in ``generation`` to the log's head and switch each one."""
+    layout = RedisLayout(settings.redis_prefix)
+    sink = RedisSink(settings.redis_url, layout, settings.partitions, building=generation)
+    dead_letters = DeadLetters(settings.kafka_bootstrap, settings.dlq_topic, settings.events_topic)
+    projector = Projector(sink, dead_letters, settings.default_tenant, label="redis rebuild")
+    client = aioredis.from_url(settings.redis_url)
+    switch = client.register_script(SWITCH)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+                                isolation_level="read_committed", max_partition_fetch_bytes=8 << 20)
+    await consumer.start()
+    try:
+        await projector.load_checkpoints()
+        remaining = {TopicPartition(settings.events_topic, p) for p in partitions}
+        consumer.assign(list(remaining))
+        position: dict[TopicPartition, int] = {}
+        for tp in remaining:
+            position[tp] = projector.resume_offset(tp.partition)
+            consumer.seek(tp, position[tp])
+        pending: dict[TopicPartition, list[LogRecord]] = {tp: [] for tp in remaining}
+        heads: dict[TopicPartition, int] = {}
+        polled = reported = 0.0
+        while remaining:
+            if parent is not None and os.getppid() != parent:
+                raise SystemExit("the rebuild that started this worker is gone; stopping")
+            if time.monotonic() - polled > POLL_SECONDS:
+                heads = await consumer.end_offsets(list(remaining))
+                polled = time.monotonic()
+            fetching = [tp for tp in remaining if position[tp] < heads[tp] and len(pending[tp]) < WINDOW]
+            if fetching:
+                batch = await consumer.getmany(*fetching, timeout_ms=200, max_records=20_000)
+                for tp, records in batch.items():
+                    pending[tp].extend(records)
+                for tp in fetching:
+                    position[tp] = await consumer.position(tp)  # past transaction markers too
+            ready = [tp for tp in remaining
+                     if pending[tp] and (len(pending[tp]) >= WINDOW or position[tp] >= heads[tp])]
+            if ready:
+                records = [record for tp in ready for record in pending[tp]]
+                try:
+                    await projector.handle(records)
+                except Reseek as reseek:
+                    for partition, offset in reseek.offsets.items():
+                        tp = TopicPartition(settings.events_topic, partition)
+                        consumer.seek(tp, offset)
+                        position[tp] = offset
+                for tp in ready:
+                    pending[tp] = []
+                progress.applied += len(records)
+            elif not fetching:
+                # Caught up with the head last seen: switch each partition the live one is not ahead of.
+                for tp in sorted(remaining, key=lambda tp: tp.partition):
+                    arguments = [generation, layout.prefix, tp.partition]
+                    if await switch(keys=[layout.pointer(tp.partition)], args=arguments):
+                        remaining.discard(tp)
+                        consumer.pause(tp)
+                        progress.switched.append(tp.partition)
+                polled = 0.0  # what did not switch is behind a head that moved: look again now
+            if time.monotonic() - reported > REPORT_SECONDS:
+                progress.behind = sum(max(0, heads[tp] - position[tp]) + len(pending[tp]) for tp in remaining)
+                report(progress)
+                reported = time.monotonic()
+        progress.behind, progress.done = 0, True
+        report(progress)
+    finally:
+        await consumer.stop()
+        await dead_letters.close()
+        await sink.close()
+        await client.aclose()
