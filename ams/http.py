@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ams.auth import Forbidden, Principal, Unauthorized
 from commands.keys import InvalidName
+from commands.log import LogUnavailable
 
 
 def authorize(request: Request, scope: str) -> Principal:
@@ -86,10 +87,18 @@ async def handle_api_error(request: Request, error: Exception) -> Response:
         return error_response(403, "forbidden", str(error))
     if isinstance(error, InvalidName):
         return error_response(400, "invalid_name", str(error))
+    if isinstance(error, LogUnavailable):
+        outcome = ("It may still be appended: retry with the same Idempotency-Key, and a write that was "
+                   "appended is applied once.")
+        if error.timed_out:
+            return error_response(504, "log_timeout", f"{error}. {outcome}")
+        return error_response(503, "log_unavailable", f"{error}. {outcome}", {"Retry-After": "1"})
     raise error
 
 
-EXCEPTION_HANDLERS = {exc: handle_api_error for exc in (ApiError, Unauthorized, Forbidden, InvalidName, HTTPException)}
+EXCEPTION_HANDLERS = {
+    exc: handle_api_error for exc in (ApiError, Unauthorized, Forbidden, InvalidName, LogUnavailable, HTTPException)
+}
 
 
 class BodyLimitMiddleware:

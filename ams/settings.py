@@ -87,6 +87,9 @@ class Settings:
     gateway_instance: str = field(
         default_factory=lambda: _env("GATEWAY_INSTANCE", f"{socket.gethostname()}-{_env('GATEWAY_PORT', '8787')}")
     )
+    # Names this projection worker among the workers of its projection: unique per worker and stable across
+    # its restarts (its Kafka group instance id, so a restarted worker takes its partitions back at once).
+    projector_instance: str = field(default_factory=lambda: _env("PROJECTOR_INSTANCE", socket.gethostname()))
     # On SIGTERM the gateway stops taking requests, lets open ones finish for this long (a watch never
     # finishes by itself), then closes them and stops.
     shutdown_grace_seconds: int = field(default_factory=lambda: _env_int("SHUTDOWN_GRACE_SECONDS", 3))
@@ -98,9 +101,15 @@ class Settings:
     default_tenant: str = field(default_factory=lambda: _env("DEFAULT_TENANT", "default"))
     max_value_bytes: int = field(default_factory=lambda: _env_int("MAX_VALUE_BYTES", 1 << 20))
     max_body_bytes: int = field(default_factory=lambda: _env_int("MAX_BODY_BYTES", 4 << 20))
+    # How long a write waits for Kafka to acknowledge its append before answering 504 (it may still land).
+    log_timeout: float = field(default_factory=lambda: _env_float("LOG_TIMEOUT", 5.0))
     write_timeout: float = field(default_factory=lambda: _env_float("WRITE_TIMEOUT", 5.0))
     read_wait_timeout: float = field(default_factory=lambda: _env_float("READ_WAIT_TIMEOUT", 5.0))
     max_batch_operations: int = field(default_factory=lambda: _env_int("MAX_BATCH_OPERATIONS", 500))
+    # A retried command (same Idempotency-Key on the same key or stream) is a duplicate for this long after
+    # it was applied, measured in event time (commands/fold.py). Every projection and rebuild of one log must
+    # use the same value, or they would disagree on which retries were duplicates.
+    idempotency_window_hours: float = field(default_factory=lambda: _env_float("IDEMPOTENCY_WINDOW_HOURS", 1.0))
     # Per-tenant default consistency class by key prefix (see commands/consistency.py).
     consistency_policy: dict[str, dict[str, str]] = field(default_factory=lambda: _env_policy())
     max_watchers_per_tenant: int = field(default_factory=lambda: _env_int("MAX_WATCHERS_PER_TENANT", 8))

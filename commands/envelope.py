@@ -81,10 +81,12 @@ def encode(event: Event) -> bytes:
 
 
 def decode(raw: bytes | None, headers: Iterable[tuple[str, bytes]] = (), *, default_tenant: str,
-           record_ts: int = 0) -> Event:
+           record_ts: int = 0, max_value_bytes: int | None = None) -> Event:
     """Parse one log record's value. Raises MalformedEvent with the reason when it is not an event.
 
     ``record_ts`` (the Kafka record's timestamp) stamps events written by other tools without one.
+    ``max_value_bytes``: an event whose value (serialized) is larger is malformed, as the gateway would
+    have refused it; records produced straight into the log get no other size check.
     """
     if raw is None:
         raise MalformedEvent("record has no value")
@@ -95,11 +97,20 @@ def decode(raw: bytes | None, headers: Iterable[tuple[str, bytes]] = (), *, defa
     if not isinstance(body, dict):
         raise MalformedEvent(f"value is JSON {type(body).__name__}, not an object")
     try:
-        if "op" in body and "v" not in body:
+        legacy = "op" in body and "v" not in body
+        if max_value_bytes is not None and len(raw) > max_value_bytes:
+            _check_value_size(body.get("value" if legacy else "data"), max_value_bytes)
+        if legacy:
             return _decode_legacy(body, dict(headers), default_tenant, record_ts)
         return _decode_v1(body)
     except InvalidName as error:
         raise MalformedEvent(str(error)) from None
+
+
+def _check_value_size(data: Any, limit: int) -> None:
+    size = len(orjson.dumps(data))
+    if size > limit:
+        raise MalformedEvent(f"the value is {size} bytes, over the {limit}-byte limit of a value")
 
 
 def _decode_v1(body: dict[str, Any]) -> Event:

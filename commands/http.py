@@ -6,7 +6,9 @@ outcome. With ``Prefer: respond-async`` it is *eventual* and answers 202 as soon
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,6 +26,7 @@ from commands.log import EventLog
 from commands.vectors import check_vector_value
 
 MAX_TTL_SECONDS = 10 * 365 * 86400
+OUTCOME_RETRY_SECONDS = 0.05
 MAX_IDEMPOTENCY_KEY = 200
 
 
@@ -32,8 +35,9 @@ class AppliedWatch(Protocol):
 
     async def wait_applied(self, positions: dict[int, int], timeout: float) -> bool: ...
 
-    async def outcomes(self, positions: list[Position]) -> list[dict[str, Any] | None]:
-        """The outcome of each event the fold did not accept (None: accepted)."""
+    async def outcomes(self, positions: list[Position]) -> list[dict[str, Any] | None] | None:
+        """The outcome of each event the fold did not accept (None: accepted); None for the whole list when
+        the projection cannot vouch for them now (it lost data since it applied them, and is restoring it)."""
         ...
 
 
@@ -104,14 +108,19 @@ async def await_applied(request: Request, positions: list[Position], token: str)
     highest: dict[int, int] = {}
     for position in positions:
         highest[position.partition] = max(position.offset, highest.get(position.partition, -1))
-    if not await context.watch.wait_applied(highest, context.settings.write_timeout):
-        raise ApiError(
-            504, "projection_timeout",
-            f"the write is in the log at {token} but the hot projection did not apply it within "
-            f"{context.settings.write_timeout:g}s; it will be applied, read with X-AMS-Min-Position: {token}",
-            {"X-AMS-Position": token},
-        )
-    return await context.watch.outcomes(positions)
+    deadline = time.monotonic() + context.settings.write_timeout
+    while time.monotonic() < deadline and await context.watch.wait_applied(highest, deadline - time.monotonic()):
+        found = await context.watch.outcomes(positions)
+        if found is not None:
+            return found
+        # Applied, then lost with the hot state before its outcome was read: wait until it is restored.
+        await asyncio.sleep(OUTCOME_RETRY_SECONDS)
+    raise ApiError(
+        504, "projection_timeout",
+        f"the write is in the log at {token} but the hot projection did not apply it within "
+        f"{context.settings.write_timeout:g}s; it will be applied, read with X-AMS-Min-Position: {token}",
+        {"X-AMS-Position": token},
+    )
 
 
 def result_of(position: Position, outcome: dict[str, Any] | None) -> dict[str, Any]:
@@ -188,8 +197,9 @@ async def append_observation(request: Request) -> Response:
     headers = {"X-AMS-Position": str(position)}
     if wants_async(request, principal.tenant, []):
         return json_response({**body, "status": "pending"}, 202, headers)
-    await await_applied(request, [position], str(position))
-    return json_response({**body, "status": "accepted"}, 200, headers)
+    [outcome] = await await_applied(request, [position], str(position))
+    # A retried append (same Idempotency-Key) is a duplicate, answered with the original's version.
+    return json_response({**body, **result_of(position, outcome)}, 200, headers)
 
 
 routes = [

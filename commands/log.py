@@ -9,20 +9,38 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from commands.envelope import STREAM_APPEND, Event, encode
 from commands.keys import Position, kafka_key, partition_for, stream_key
+
+T = TypeVar("T")
 
 
 def record_key(event: Event) -> bytes:
     return stream_key(event.tenant, event.key) if event.type == STREAM_APPEND else kafka_key(event.tenant, event.key)
 
 
+class LogUnavailable(Exception):
+    """Kafka did not acknowledge an append in time, or refused it: the event may or may not be in the log."""
+
+    def __init__(self, message: str, *, timed_out: bool) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+
+
+def _forget_outcome(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved, so that a late failure is not reported as never retrieved
+
+
 class EventLog:
-    def __init__(self, bootstrap: str, topic: str, *, transactional_id: str, max_request_size: int = 8 << 20) -> None:
+    def __init__(self, bootstrap: str, topic: str, *, transactional_id: str, max_request_size: int = 8 << 20,
+                 timeout: float = 5.0) -> None:
         """``transactional_id`` must be unique per gateway replica and stable across its restarts: a restarted
         gateway then fences its predecessor, and a batch transaction it left open is aborted at once instead of
         holding the partitions' last stable offset (and every strong write) until the transaction timeout."""
@@ -30,8 +48,22 @@ class EventLog:
         self.topic = topic
         self.transactional_id = transactional_id
         self.max_request_size = max_request_size
+        self.timeout = timeout  # how long an append may wait for Kafka (LogUnavailable after it)
         self.partitions = 0
         self._transaction_lock = asyncio.Lock()
+
+    async def _bounded(self, work: Awaitable[T], what: str) -> T:
+        """Await ``work`` for at most ``timeout`` seconds. On timeout the work goes on in the background (a
+        send cannot be taken back once handed to the producer); the caller learns it may still land."""
+        task = asyncio.ensure_future(work)
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), self.timeout)
+        except TimeoutError:
+            task.add_done_callback(_forget_outcome)
+            raise LogUnavailable(f"Kafka did not acknowledge {what} within {self.timeout:g}s",
+                                 timed_out=True) from None
+        except KafkaError as error:
+            raise LogUnavailable(f"Kafka refused {what}: {error!r}", timed_out=False) from None
 
     async def start(self) -> None:
         # Clients are made here, not in __init__: aiokafka binds them to the running event loop.
@@ -67,14 +99,23 @@ class EventLog:
         return partition_for(record_key(event), self.partitions)
 
     async def append(self, event: Event) -> Position:
-        """Append one event; returns its position once every in-sync replica has it."""
-        metadata = await self._producer.send_and_wait(
+        """Append one event; returns its position once every in-sync replica has it.
+
+        Raises LogUnavailable when Kafka does not acknowledge it within ``timeout`` seconds."""
+        send = self._producer.send_and_wait(
             self.topic, encode(event), key=record_key(event), partition=self.partition_of(event)
         )
+        metadata = await self._bounded(send, "the append")
         return Position(metadata.partition, metadata.offset)
 
     async def append_atomically(self, events: Sequence[Event]) -> list[Position]:
-        """Append all events in one Kafka transaction: readers see all of them or none."""
+        """Append all events in one Kafka transaction: readers see all of them or none.
+
+        Raises LogUnavailable when the transaction is not committed within ``timeout`` seconds (it may still
+        commit, or abort)."""
+        return await self._bounded(self._transaction(events), "the batch's transaction")
+
+    async def _transaction(self, events: Sequence[Event]) -> list[Position]:
         async with self._transaction_lock, self._transactional.transaction():
             futures = [
                 await self._transactional.send(self.topic, encode(event), key=record_key(event),
@@ -97,4 +138,10 @@ class EventLog:
 
     async def _ends(self, reader: AIOKafkaConsumer) -> dict[int, int]:
         partitions = [TopicPartition(self.topic, partition) for partition in range(self.partitions)]
-        return {tp.partition: offset for tp, offset in (await reader.end_offsets(partitions)).items()}
+        try:
+            ends = await asyncio.wait_for(reader.end_offsets(partitions), self.timeout)
+        except TimeoutError:
+            raise LogUnavailable(f"Kafka did not answer within {self.timeout:g}s", timed_out=True) from None
+        except KafkaError as error:
+            raise LogUnavailable(f"Kafka refused to name the log's end offsets: {error!r}", timed_out=False) from None
+        return {tp.partition: offset for tp, offset in ends.items()}

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import orjson
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 # A dead letter must reach the topic before the checkpoint moves past it: Kafka errors are retried.
 DEAD_LETTER_TRANSIENT: tuple[type[BaseException], ...] = (KafkaError,)
@@ -32,24 +33,35 @@ class DeadLetters:
     async def _started_producer(self) -> AIOKafkaProducer:
         # Created on first use: aiokafka binds a producer to the running event loop.
         if self._producer is None:
+            # Compressed: a poison record may be as large as the log takes, and the letter adds headers.
             producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True,
-                                        max_request_size=16 << 20)
+                                        max_request_size=16 << 20, compression_type="gzip")
             await producer.start()
             self._producer = producer
         return self._producer
 
     async def send(self, letters: Sequence[DeadLetter], projection: str) -> None:
         producer = await self._started_producer()
-        futures = []
         for letter in letters:
-            position = f"{self.source_topic}:{letter.partition}:{letter.offset}"
-            about = {"topic": self.source_topic, "partition": letter.partition, "offset": letter.offset,
-                     "reason": letter.reason, "projection": projection}
-            headers = [*letter.headers, ("ams.dead_letter", orjson.dumps(about))]
-            futures.append(await producer.send(
-                self.dlq_topic, value=letter.value, key=position.encode(), headers=list(headers)))
-        for future in futures:
-            await future
+            try:
+                await (await self._send(producer, letter, projection, letter.value))
+            except MessageSizeTooLargeError:
+                # Retrying cannot help and the partition must keep moving: the letter goes without the
+                # record's bytes (they stay in the log at the position the letter names).
+                note = f"{len(letter.value or b'')} bytes, too large for {self.dlq_topic}; read them from the log"
+                await (await self._send(producer, letter, projection, None, note))
+
+    async def _send(self, producer: AIOKafkaProducer, letter: DeadLetter, projection: str, value: bytes | None,
+                    value_note: str = "") -> asyncio.Future[object]:
+        position = f"{self.source_topic}:{letter.partition}:{letter.offset}"
+        about = {"topic": self.source_topic, "partition": letter.partition, "offset": letter.offset,
+                 "reason": letter.reason, "projection": projection}
+        if value_note:
+            about["value_dropped"] = value_note
+        headers = [*letter.headers, ("ams.dead_letter", orjson.dumps(about))]
+        future: asyncio.Future[object] = await producer.send(self.dlq_topic, value=value, key=position.encode(),
+                                                             headers=list(headers))
+        return future
 
     async def close(self) -> None:
         if self._producer is not None:

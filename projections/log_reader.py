@@ -20,15 +20,20 @@ class PartitionReader:
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.bootstrap, self.topic = bootstrap, topic
 
-    async def read(self, partition: int, start: int) -> AsyncIterator[list[LogRecord]]:
-        """Committed records of ``partition`` from ``start`` to the end it had when called, in batches."""
+    async def read(self, partition: int, start: int, end: int | None = None) -> AsyncIterator[list[LogRecord]]:
+        """Committed records of ``partition`` from ``start`` up to ``end`` (exclusive; None: the end it had when
+        called), in batches."""
+        # auto_offset_reset="none": an offset the broker does not know raises; it never jumps to the log's end,
+        # which would end the read at once as if the stretch held no record.
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                    isolation_level="read_committed", max_poll_records=FETCH_MAX)
-        await consumer.start()
+                                    isolation_level="read_committed", max_poll_records=FETCH_MAX,
+                                    auto_offset_reset="none")
         try:
+            await consumer.start()
             tp = TopicPartition(self.topic, partition)
             consumer.assign([tp])
-            end = (await consumer.end_offsets([tp]))[tp]
+            log_end = (await consumer.end_offsets([tp]))[tp]
+            end = log_end if end is None else min(end, log_end)
             consumer.seek(tp, start)
             while await consumer.position(tp) < end:
                 fetched = (await consumer.getmany(tp, timeout_ms=1000, max_records=FETCH_MAX)).get(tp, [])

@@ -91,6 +91,44 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX stream_entries_stream ON stream_entries (tenant, stream, partition, log_offset);
         CREATE INDEX stream_entries_feed ON stream_entries (tenant, partition, log_offset);
     """),
+    Migration(2, "command indexes and stream records: retries are duplicates however late they come", """
+        -- A key's command ids that its record's list let go are its accepted history rows (commands/fold.py).
+        CREATE INDEX kv_history_command ON kv_history (tenant, key, command_id)
+            WHERE status = 'accepted' AND command_id IS NOT NULL;
+
+        -- A stream's record (the fold's: count of observations, last version, recent command ids), so that
+        -- a retried append is a duplicate; only accepted appends become stream entries.
+        CREATE TABLE stream_current (
+            tenant text COLLATE "C" NOT NULL,
+            stream text COLLATE "C" NOT NULL,
+            home_partition integer NOT NULL,  -- the partition the stream routes to (where Redis keeps it)
+            count bigint NOT NULL,
+            version bigint NOT NULL,
+            created_ts bigint NOT NULL,
+            updated_ts bigint NOT NULL,
+            commands json NOT NULL,
+            PRIMARY KEY (tenant, stream)
+        );
+        CREATE INDEX stream_current_home_partition ON stream_current (home_partition);
+        ALTER TABLE stream_entries ADD COLUMN command_id text;
+        CREATE INDEX stream_entries_command ON stream_entries (tenant, stream, command_id)
+            WHERE command_id IS NOT NULL;
+
+        -- Appends the fold found to be retries, with the original's version: what a writer waiting on one
+        -- is told, kept so that a hot store restored from here can still tell it (kv_history does this
+        -- for key-value events).
+        CREATE TABLE stream_retries (
+            partition integer NOT NULL,
+            log_offset bigint NOT NULL,
+            tenant text COLLATE "C" NOT NULL,
+            stream text COLLATE "C" NOT NULL,
+            command_id text NOT NULL,
+            ts bigint NOT NULL,
+            reason text NOT NULL,
+            outcome_version bigint NOT NULL,
+            PRIMARY KEY (partition, log_offset)
+        );
+    """),
 )
 
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -29,6 +30,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ams.projector")
 PROGRESS_SECONDS = 5.0  # how often a long catch-up says how far it got
+# settle() moves a checkpoint over at most this many offsets without records: the commit marker of a
+# transaction, or an aborted batch (at most AMS_MAX_BATCH_OPERATIONS records) and its marker.
+SETTLE_AT_MOST = 1024
+
+# Fault injection for the fault suite (tests/faults): with AMS_FAULT_EXIT_AFTER_APPLY=N the worker exits with
+# status 137, as if SIGKILLed, right after its N-th successful sink apply and before anything else (its
+# in-memory checkpoint, the Kafka offset commit). Unset or 0, it costs one integer test per batch.
+FAULT_EXIT_AFTER_APPLY = int(os.environ.get("AMS_FAULT_EXIT_AFTER_APPLY") or 0)
 
 
 class LogRecord(Protocol):
@@ -59,6 +68,17 @@ class RawRecord(NamedTuple):
     key: bytes | None = None
 
 
+def _ascending(batch: Sequence[LogRecord], after: int) -> list[LogRecord]:
+    """The records above ``after`` with each offset once, in order: a stream re-sought on an assignment may
+    deliver some offsets twice (fetched from Faust's committed offset, then again from the seek)."""
+    fresh = []
+    for record in batch:
+        if record.offset > after:
+            fresh.append(record)
+            after = record.offset
+    return fresh
+
+
 class Reseek(Exception):
     """The worker must seek these partitions to these offsets: the sink's checkpoint moved under it."""
 
@@ -78,12 +98,26 @@ class Projector:
     checkpoints: dict[int, int] = field(default_factory=dict)
     # Parses a record of a topic other than memory.events; raises MalformedEvent for poison.
     decoder: Callable[[LogRecord], Any] | None = None
+    max_value_bytes: int | None = None  # larger values are dead-lettered, as the gateway refuses them
+    # Partitions whose next records have not been checked for a gap since they were assigned.
+    unverified: set[int] = field(default_factory=set)
+    last_handled: dict[int, float] = field(default_factory=dict)  # per partition, time.monotonic()
+    applies: int = 0  # successful sink applies (counted only for AMS_FAULT_EXIT_AFTER_APPLY)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
         self.label = self.label or self.sink.name
 
-    async def load_checkpoints(self) -> dict[int, int]:
+    async def load_checkpoints(self, assigned: Iterable[int] = ()) -> dict[int, int]:
+        """Read the store's checkpoints; ``assigned``: the partitions this worker was just given.
+
+        The first records of an assigned partition may come from where Faust last committed, not from the
+        checkpoint the worker seeks to: they are checked for a gap before anything is applied.
+        """
+        now = time.monotonic()
+        for partition in assigned:
+            self.unverified.add(partition)
+            self.last_handled[partition] = now  # idle (for settle) counts from the assignment
         self.checkpoints = await self._retrying("read checkpoints", self.sink.checkpoints)
         for partition, offset in self.checkpoints.items():
             metrics.CHECKPOINT.labels(self.label, partition).set(offset)
@@ -100,6 +134,8 @@ class Projector:
             # Partitions are independent (a checkpoint and keys of their own): apply them concurrently.
             results = await asyncio.gather(*(self._handle_partition(partition, batch)
                                              for partition, batch in by_partition.items()), return_exceptions=True)
+            now = time.monotonic()
+            self.last_handled.update(dict.fromkeys(by_partition, now))
         reseek: dict[int, int] = {}
         for result in results:
             if isinstance(result, Reseek):
@@ -108,6 +144,36 @@ class Projector:
                 raise result
         if reseek:
             raise Reseek(reseek)
+
+    async def settle(self, positions: dict[int, int], idle: float) -> None:
+        """Move the checkpoint of partitions idle for ``idle`` seconds over what ends them without being an
+        event (transaction markers, aborted records), so that a projection that applied everything reports no
+        lag. ``positions``: the next offset the consumer fetches, per partition. The stretch is read from the
+        log first: records found there are applied as usual, and the checkpoint moves only over a stretch
+        of at most SETTLE_AT_MOST offsets that held no record."""
+        if self.reader is None:
+            return
+        async with self._lock:
+            now = time.monotonic()
+            for partition, position in positions.items():
+                checkpoint = self.checkpoints.get(partition, NO_CHECKPOINT)
+                if not 0 < position - 1 - checkpoint <= SETTLE_AT_MOST or \
+                        now - self.last_handled.get(partition, now) < idle:
+                    continue
+                try:
+                    found = [record async for batch in self.reader.read(partition, checkpoint + 1, position)
+                             for record in batch]
+                except DEAD_LETTER_TRANSIENT as error:
+                    log.warning("%s projection: could not read the end of partition %d (%r); trying later",
+                                self.label, partition, error)
+                    continue
+                if found:  # records after all (the stream is slow to hand them over): applied as usual
+                    await self._handle_partition(partition, found)
+                    continue
+                try:
+                    await self._apply(partition, [], position - 1, checkpoint)
+                except CheckpointMoved as moved:  # the next batch or check follows it
+                    log.warning("%s projection: %s", self.label, moved)
 
     async def recover_incomplete(self, partitions: Collection[int], *, unless_busy: bool = False) -> list[int]:
         """Recover the partitions whose store lost data; return them. ``unless_busy``: skip the check
@@ -134,10 +200,11 @@ class Projector:
                     self.checkpoints.get(partition, NO_CHECKPOINT))
         return self.checkpoints.get(partition, NO_CHECKPOINT)
 
-    async def _replay_to_end(self, partition: int) -> None:
+    async def _replay_to_end(self, partition: int, end: int | None = None) -> None:
+        """Apply the partition's records from its checkpoint up to ``end`` (None: the log's end), read from the log."""
         assert self.reader is not None
         reported = time.monotonic()
-        async for records in self.reader.read(partition, self.resume_offset(partition)):
+        async for records in self.reader.read(partition, self.resume_offset(partition), end):
             await self._handle_partition(partition, records)
             if time.monotonic() - reported > PROGRESS_SECONDS:
                 reported = time.monotonic()
@@ -162,7 +229,17 @@ class Projector:
 
     async def _handle_fresh(self, partition: int, batch: Sequence[LogRecord]) -> None:
         expected = self.checkpoints.get(partition, NO_CHECKPOINT)
-        fresh = [record for record in batch if record.offset > expected]
+        fresh = _ascending(batch, expected)
+        if fresh and partition in self.unverified and self.reader is not None:
+            self.unverified.discard(partition)
+            if fresh[0].offset > expected + 1:  # what lies between must be read, not assumed absent
+                log.warning("%s projection: partition %d's records resumed at offset %d, past its checkpoint %d; "
+                            "reading what lies between from the log first", self.label, partition, fresh[0].offset,
+                            expected)
+                await self._retrying(f"read partition {partition} up to offset {fresh[0].offset}",
+                                     self._replay_to_end, partition, fresh[0].offset)
+                expected = self.checkpoints.get(partition, NO_CHECKPOINT)
+                fresh = _ascending(batch, expected)
         if not fresh:
             return
         events: list[Positioned] = []
@@ -185,11 +262,15 @@ class Projector:
     def _decode(self, record: LogRecord) -> Any:
         if self.decoder is not None:
             return self.decoder(record)
-        return decode(record.value, record.headers, default_tenant=self.default_tenant, record_ts=record.timestamp)
+        return decode(record.value, record.headers, default_tenant=self.default_tenant, record_ts=record.timestamp,
+                      max_value_bytes=self.max_value_bytes)
 
     async def _apply(self, partition: int, events: list[Positioned], through: int, expected: int) -> None:
         try:
             await self._retrying(f"apply partition {partition}", self.sink.apply, partition, events, through, expected)
+            if FAULT_EXIT_AFTER_APPLY:
+                self.applies += 1
+                _exit_if_armed(self.applies, self.label)
         except CheckpointMoved:
             raise  # decided by _handle_partition: recover, skip forward, or read the log again
         except Exception as error:  # noqa: BLE001 - a bug or a poison event in the sink: isolate it
@@ -226,3 +307,9 @@ class Projector:
                 metrics.RETRIES.labels(self.label).inc()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+
+def _exit_if_armed(applies: int, label: str) -> None:
+    if applies == FAULT_EXIT_AFTER_APPLY:
+        log.warning("%s projection: AMS_FAULT_EXIT_AFTER_APPLY=%d: exiting right after this sink apply", label, applies)
+        os._exit(137)

@@ -4,6 +4,9 @@ A batch costs two round trips whatever its size: one pipelined read of the recor
 one script that checks the checkpoint, writes the folded records, the outcomes of rejected events and
 the new checkpoint, and announces the applied position.
 
+A key's command ids that its record let go (`commands.fold`) are kept in its command index, written by
+the same script; a stream has a record of its own, so that a retried append is a duplicate.
+
 Records that are dead (deleted or expired) stay in Redis for ``DEAD_RECORD_RETENTION_MS`` after the
 projector last touched them, so that conditions and retried commands see the same record here as in
 every other projection; readers never show them.
@@ -23,27 +26,35 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from commands.envelope import STREAM_APPEND, now_ms
-from commands.fold import IDEMPOTENCY_WINDOW_MS, Outcome, Record, apply
-from commands.keys import kafka_key, partition_for
+from commands.fold import IDEMPOTENCY_WINDOW_MS, Outcome, Record, Remembered, apply, consults_index, remember
+from commands.keys import STREAM_MARK, kafka_key, partition_for, stream_key
 from projections.redis_layout import RedisLayout
 from projections.sink import NO_CHECKPOINT, TRANSIENT, CheckpointMoved, Positioned, ProjectionSink
 
 log = logging.getLogger("ams.projector")
 
 DEAD_RECORD_RETENTION_MS = IDEMPOTENCY_WINDOW_MS + 3_600_000
+# A command index keeps entries this long (event time) after the key's newest one, and Redis drops an index
+# idle this long; either way an entry left only when no event within the window can ask for it.
+COMMAND_INDEX_RETENTION_MS = 2 * IDEMPOTENCY_WINDOW_MS
 OUTCOME_TTL_SECONDS = 600
 # Records this writer wrote, so the next batch need not read them back (see RecordCache).
 CACHE_RECORDS = 200_000
 CACHE_SECONDS = 600.0
 
-Address = tuple[int, str, str]  # (partition the key routes to, tenant, key)
+# (partition the key routes to, tenant, key); a stream's "key" is its name after the stream mark, which is
+# in no key's grammar, so a stream and a key of the same name are different records.
+Address = tuple[int, str, str]
 
 # KEYS: the partition's checkpoint (in the writer's generation), the partition's generation pointer.
-# ARGV: expected checkpoint, new checkpoint, channel, partition, writer's generation, then three JSON arrays
+# ARGV: expected checkpoint, new checkpoint, channel, partition, writer's generation, then four JSON arrays
 # (one argument each, decoded by Redis's cjson in C: packing thousands of separate arguments is slow):
 #   records   [[key, pexpireat, field, value, ...], ...]   replace each record (pexpireat "0": no expiry)
 #   index     [[op, index key, member], ...]               op "+" adds to the tenant's key index, "-" removes
 #   outcomes  [[key, value, seconds], ...]                 remember rejected events' outcomes
+#   forgotten [[hash, times, id, "version:ts", ts, cutoff, pexpireat], ...]
+#                                                          add a command id to a key's command index, drop
+#                                                          entries older than cutoff, expire it when idle
 # Every number travels as a string: Lua would print a large one in exponent form.
 # A writer of a generation older than the pointer's has been retired by a rebuild: it must not write.
 GUARD = """
@@ -73,6 +84,17 @@ for _, entry in ipairs(cjson.decode(ARGV[7])) do
 end
 for _, outcome in ipairs(cjson.decode(ARGV[8])) do
   redis.call('SET', outcome[1], outcome[2], 'EX', outcome[3])
+end
+for _, entry in ipairs(cjson.decode(ARGV[9])) do
+  redis.call('HSET', entry[1], entry[3], entry[4])
+  redis.call('ZADD', entry[2], entry[5], entry[3])
+  local old = redis.call('ZRANGEBYSCORE', entry[2], '-inf', '(' .. entry[6], 'LIMIT', 0, 100)
+  if #old > 0 then
+    redis.call('HDEL', entry[1], unpack(old))
+    redis.call('ZREM', entry[2], unpack(old))
+  end
+  redis.call('PEXPIREAT', entry[1], entry[7])
+  redis.call('PEXPIREAT', entry[2], entry[7])
 end
 """
 APPLY_BATCH = GUARD + WRITE + """
@@ -113,6 +135,20 @@ def decode_record(fields: dict[bytes, bytes]) -> Record | None:
         deleted=fields.get(b"deleted") == b"1",
         commands=tuple(tuple(entry) for entry in orjson.loads(fields.get(b"cmds", b"[]"))),  # type: ignore[misc]
     )
+
+
+def decode_remembered(command_id: str, raw: bytes) -> Remembered:
+    version, _, ts = raw.decode().partition(":")
+    return (command_id, int(version), int(ts))
+
+
+def command_index_entry(layout: RedisLayout, home: int, tenant: str, key: str, entry: Remembered,
+                        now: int) -> list[str]:
+    """One ``forgotten`` operation of APPLY_BATCH (also how a restore rebuilds an index from PostgreSQL)."""
+    command_id, version, ts = entry
+    return [layout.commands(home, tenant, key), layout.command_times(home, tenant, key), command_id,
+            f"{version}:{ts}", str(ts), str(ts - COMMAND_INDEX_RETENTION_MS),
+            str(max(ts, now) + COMMAND_INDEX_RETENTION_MS)]
 
 
 def physical_expiry(record: Record, now: int) -> int:
@@ -241,23 +277,28 @@ class RedisSink(ProjectionSink):
     async def apply(
         self, partition: int, events: Sequence[Positioned], through: int, expected: int
     ) -> list[Outcome | None]:
-        addresses = [None if item.event.type == STREAM_APPEND else self._address(partition, item) for item in events]
-        records = await self._read_records(address for address in addresses if address is not None)
+        addresses = [self._address(partition, item) for item in events]
+        records, index = await self._read_records(events, addresses)
         before = dict(records) if self._carries_effects else records
         outcomes: list[Outcome | None] = []
         rejected: list[tuple[int, Outcome]] = []
         touched: dict[Address, Record] = {}
+        forgotten: list[tuple[Address, Remembered]] = []
         for item, address in zip(events, addresses, strict=True):
-            if address is None:
-                outcomes.append(None)
-                continue
-            outcome = apply(records.get(address), item.event, item.offset)
+            command_id, known = item.event.command_id, index.get(address)
+            outcome = apply(records.get(address), item.event, item.offset,
+                            known.get(command_id) if known and command_id else None)
             outcomes.append(outcome)
             if outcome.accepted and outcome.record is not None:
                 records[address] = touched[address] = outcome.record
+                if outcome.forgotten is not None:
+                    remember(index.setdefault(address, {}), outcome)
+                    forgotten.append((address, outcome.forgotten))
             else:
                 rejected.append((item.offset, outcome))
-        await self.before_commit(partition, through, before, touched)
+        if self._carries_effects:  # the effect on keys: streams carry none
+            keys_touched = {address: record for address, record in touched.items() if not _is_stream(address)}
+            await self.before_commit(partition, through, before, keys_touched)
         layout = self.layout_of(partition)
         keys = [layout.checkpoint(partition), layout.pointer(partition), layout.unfinished(partition)]
         args: list[str | int] = [expected, through, layout.applied_channel, partition, layout.generation]
@@ -266,8 +307,9 @@ class RedisSink(ProjectionSink):
             if self.building is not None:
                 while len(unwritten) > PART_RECORDS:
                     part, unwritten = dict(unwritten[:PART_RECORDS]), unwritten[PART_RECORDS:]
-                    await self._part(keys=keys, args=[*args, *self._operations(partition, part, [])])
-            await self._script(keys=keys[:2], args=[*args, *self._operations(partition, dict(unwritten), rejected)])
+                    await self._part(keys=keys, args=[*args, *self._operations(partition, part, [], [])])
+            await self._script(keys=keys[:2], args=[*args, *self._operations(partition, dict(unwritten), rejected,
+                                                                             forgotten)])
         except BaseException as error:
             self.cache.clear()  # the script may or may not have run: Redis is the truth again
             if not isinstance(error, ResponseError):
@@ -314,40 +356,81 @@ class RedisSink(ProjectionSink):
         """The partition a key routes to is where readers look, whichever partition the event came in
         on (events produced by other tools may carry another Kafka key)."""
         tenant, key = item.event.tenant, item.event.key
+        if item.event.type == STREAM_APPEND:
+            home = partition if item.routed else partition_for(stream_key(tenant, key), self.partitions)
+            return home, tenant, STREAM_MARK + key
         home = partition if item.routed else partition_for(kafka_key(tenant, key), self.partitions)
         return home, tenant, key
 
-    async def _read_records(self, addresses: Iterable[Address]) -> dict[Address, Record | None]:
+    def _record_name(self, address: Address) -> str:
+        home, tenant, key = address
+        if _is_stream(address):
+            return self.layout_of(home).stream(home, tenant, key[len(STREAM_MARK):])
+        return self.layout_of(home).record(home, tenant, key)
+
+    async def _read_records(
+        self, events: Sequence[Positioned], addresses: Sequence[Address]
+    ) -> tuple[dict[Address, Record | None], dict[Address, dict[str, Remembered]]]:
+        """The records the events (at ``addresses``) touch, and what their command indexes hold of the events'
+        command ids.
+
+        One pipeline: the records not in the cache, and the index lookups of keys that may need them
+        (`consults_index`; a record not yet read is looked up at once rather than after a second trip)."""
+        wanted: dict[Address, list[str]] = {}
+        for item, address in zip(events, addresses, strict=True):
+            ids = wanted.get(address)
+            if ids is None:
+                ids = wanted[address] = []
+            if item.event.command_id is not None:
+                ids.append(item.event.command_id)
         records: dict[Address, Record | None] = {}
         missing: list[Address] = []
-        for address in dict.fromkeys(addresses):
+        lookups: dict[Address, list[str]] = {}
+        for address, ids in wanted.items():
             cached, record = self.cache.get(address)
             if cached:
                 records[address] = record
+                if consults_index(record) and ids:
+                    lookups[address] = ids
             else:
                 missing.append(address)
-        if missing:
+                if ids:
+                    lookups[address] = ids
+        index: dict[Address, dict[str, Remembered]] = {}
+        if missing or lookups:
             async with self.client.pipeline(transaction=False) as pipe:
-                for home, tenant, key in missing:
-                    pipe.hgetall(self.layout_of(home).record(home, tenant, key))
-                results = await pipe.execute()
-            records.update((address, decode_record(fields)) for address, fields in zip(missing, results, strict=True))
-        return records
+                for address in missing:
+                    pipe.hgetall(self._record_name(address))
+                for (home, tenant, key), ids in lookups.items():
+                    pipe.hmget(self.layout_of(home).commands(home, tenant, key), ids)
+                results = iter(await pipe.execute())
+            records.update((address, decode_record(next(results))) for address in missing)
+            for address, ids in lookups.items():
+                index[address] = {command_id: decode_remembered(command_id, raw)
+                                  for command_id, raw in zip(ids, next(results), strict=True) if raw is not None}
+        return records, index
 
     def _operations(
-        self, partition: int, touched: dict[Address, Record], rejected: list[tuple[int, Outcome]]
-    ) -> tuple[bytes, bytes, bytes]:
+        self, partition: int, touched: dict[Address, Record], rejected: list[tuple[int, Outcome]],
+        forgotten: list[tuple[Address, Remembered]],
+    ) -> tuple[bytes, bytes, bytes, bytes]:
         now = now_ms()
         records: list[list[str]] = []
         index: list[tuple[str, str, str]] = []
-        for (home, tenant, key), record in touched.items():
-            layout = self.layout_of(home)
-            name = layout.record(home, tenant, key)
-            records.append([name, str(physical_expiry(record, now)), *encode_record(record)])
-            index.append(("-" if record.deleted else "+", layout.index(home, tenant), key))
+        for address, record in touched.items():
+            home, tenant, key = address
+            records.append([self._record_name(address), str(physical_expiry(record, now)), *encode_record(record)])
+            if not _is_stream(address):
+                index.append(("-" if record.deleted else "+", self.layout_of(home).index(home, tenant), key))
         outcomes = []
         for offset, outcome in rejected:
             summary = orjson.dumps({"status": outcome.status.value, "reason": outcome.reason,
                                     "version": outcome.version}).decode()
             outcomes.append((self.layout_of(partition).outcome(partition, offset), summary, str(OUTCOME_TTL_SECONDS)))
-        return orjson.dumps(records), orjson.dumps(index), orjson.dumps(outcomes)
+        commands = [command_index_entry(self.layout_of(home), home, tenant, key, entry, now)
+                    for (home, tenant, key), entry in forgotten]
+        return orjson.dumps(records), orjson.dumps(index), orjson.dumps(outcomes), orjson.dumps(commands)
+
+
+def _is_stream(address: Address) -> bool:
+    return address[2].startswith(STREAM_MARK)

@@ -33,6 +33,19 @@ class RedisLayout:
     def record(self, partition: int, tenant: str, key: str) -> str:
         return f"{self._tag(partition)}:kv:{tenant}:{key}"
 
+    def stream(self, partition: int, tenant: str, name: str) -> str:
+        """A stream's record: its count of observations, last version and recent command ids."""
+        return f"{self._tag(partition)}:stream:{tenant}:{name}"
+
+    def commands(self, partition: int, tenant: str, name: str) -> str:
+        """A key's command index: command id -> ``"<version>:<ts>"`` of the commands its record's list let go
+        (`commands.fold`); ``name`` is a key, or a stream's name after the stream mark."""
+        return f"{self._tag(partition)}:cmd:{tenant}:{name}"
+
+    def command_times(self, partition: int, tenant: str, name: str) -> str:
+        """The same command ids by event time (a sorted set), to drop those older than the window."""
+        return f"{self._tag(partition)}:cmdt:{tenant}:{name}"
+
     def index(self, partition: int, tenant: str) -> str:
         """A sorted set of the tenant's keys in the partition (all scores 0, so ranges are lexical)."""
         return f"{self._tag(partition)}:idx:{tenant}"

@@ -21,8 +21,16 @@ import orjson
 import redis.asyncio as aioredis
 
 from commands.fold import Record
+from commands.keys import STREAM_MARK
 from projections.postgres_snapshot import PartitionSnapshot
-from projections.redis_kv import DEAD_RECORD_RETENTION_MS, OUTCOME_TTL_SECONDS, encode_record, physical_expiry
+from projections.redis_kv import (
+    COMMAND_INDEX_RETENTION_MS,
+    DEAD_RECORD_RETENTION_MS,
+    OUTCOME_TTL_SECONDS,
+    command_index_entry,
+    encode_record,
+    physical_expiry,
+)
 from projections.redis_layout import RedisLayout
 
 # KEYS: record, checkpoint, live, index. ARGV: version, pexpireat (0: none), deleted (0/1), key, fields...
@@ -53,12 +61,15 @@ async def warm_record(
 
 
 def _queue_record(pipe: Any, layout: RedisLayout, home: int, tenant: str, key: str, record: Record, now: int) -> None:
-    name = layout.record(home, tenant, key)
+    stream = key.startswith(STREAM_MARK)
+    name = layout.stream(home, tenant, key[len(STREAM_MARK):]) if stream else layout.record(home, tenant, key)
     pipe.delete(name)
     pipe.hset(name, items=encode_record(record))
     expiry = physical_expiry(record, now)
     if expiry:
         pipe.pexpireat(name, expiry)
+    if stream:
+        return
     if record.deleted:
         pipe.zrem(layout.index(home, tenant), key)
     else:
@@ -84,7 +95,8 @@ async def clear_partition(client: aioredis.Redis, layout: RedisLayout, partition
 async def restore_partition(
     client: aioredis.Redis, layout: RedisLayout, snapshot: PartitionSnapshot, now: int
 ) -> tuple[int, int] | None:
-    """Write the snapshot's records and recent outcomes, then set the checkpoint to the snapshot's.
+    """Write the snapshot's records, command indexes and recent outcomes, then set the checkpoint to the
+    snapshot's.
 
     Returns (records written, checkpoint), or None if a checkpoint appeared meanwhile (another worker
     owns the partition now), in which case nothing of this restore is trusted by anyone.
@@ -96,6 +108,16 @@ async def restore_partition(
                 _queue_record(pipe, layout, partition, item.tenant, item.key, item.record, now)
             await pipe.execute()
         written += len(chunk)
+    async for entries in snapshot.command_index(now - COMMAND_INDEX_RETENTION_MS):
+        async with client.pipeline(transaction=False) as pipe:
+            for tenant, key, entry in entries:
+                commands, times, command_id, value, ts, _, expiry = command_index_entry(
+                    layout, partition, tenant, key, entry, now)
+                pipe.hset(commands, command_id, value)
+                pipe.zadd(times, {command_id: int(ts)})
+                pipe.pexpireat(commands, int(expiry))
+                pipe.pexpireat(times, int(expiry))
+            await pipe.execute()
     await _restore_outcomes(client, layout, partition, await snapshot.unaccepted(now - OUTCOME_TTL_SECONDS * 1000),
                             now)
     if not await client.set(layout.checkpoint(partition), snapshot.checkpoint, nx=True):

@@ -31,6 +31,8 @@ BATCH_MAX = 1000
 BATCH_WITHIN_SECONDS = 0.005
 # How often the worker checks that its store still holds what it applied (Redis may lose its data).
 RECOVERY_CHECK_SECONDS = 1.0
+# A partition idle this long has its checkpoint moved over a trailing transaction marker (Projector.settle).
+SETTLE_IDLE_SECONDS = 2.0
 
 
 def _redis_sink(settings: Settings, namespace: Namespace) -> ProjectionSink:
@@ -92,7 +94,7 @@ def build_app(name: str, settings: Settings) -> ProjectionApp:
     source_topic, decoder = _source(sink, settings)
     projector = Projector(sink, DeadLetters(settings.kafka_bootstrap, settings.dlq_topic, source_topic),
                           settings.default_tenant, PartitionReader(settings.kafka_bootstrap, source_topic),
-                          decoder=decoder)
+                          decoder=decoder, max_value_bytes=settings.max_value_bytes)
     app = ProjectionApp(
         f"ams-projection-{name}",
         broker=f"kafka://{settings.kafka_bootstrap}",
@@ -107,6 +109,9 @@ def build_app(name: str, settings: Settings) -> ProjectionApp:
         broker_commit_every=500,
         # A worker that dies hands its partitions over after 10 s of silence, not Faust's default 60 s.
         broker_session_timeout=10,
+        # Static membership: a worker restarted under the same instance id takes its partitions back at once,
+        # instead of waiting for the group to drop its dead predecessor (the session timeout).
+        consumer_group_instance_id=f"{settings.projector_instance}-{name}",
         broker_heartbeat_interval=2,
         stream_buffer_maxsize=4 * BATCH_MAX,
     )
@@ -123,7 +128,7 @@ def build_app(name: str, settings: Settings) -> ProjectionApp:
     async def on_assigned(sender: faust.App, assigned: set[TP], **_: object) -> None:
         ours = {tp.partition for tp in assigned if tp.topic == source_topic}
         state["assigned"] = ours
-        await projector.load_checkpoints()
+        await projector.load_checkpoints(ours)
         await projector.recover_incomplete(ours)
         await seek({partition: projector.resume_offset(partition) for partition in ours})
         log.info("%s projection: assigned partitions %s, resuming from %s", name, sorted(ours),
@@ -162,6 +167,10 @@ def build_app(name: str, settings: Settings) -> ProjectionApp:
     async def check_store() -> None:
         try:
             await projector.recover_incomplete(state["assigned"], unless_busy=True)
+            positions = {partition: await app.consumer.position(TP(source_topic, partition))
+                         for partition in sorted(state["assigned"])}
+            await projector.settle({p: offset for p, offset in positions.items() if offset is not None},
+                                   idle=SETTLE_IDLE_SECONDS)
         except Reseek as reseek:
             await seek(reseek.offsets)
         except Exception as error:  # noqa: BLE001 - the next check tries again; the worker must keep running

@@ -66,6 +66,10 @@ WRITE_ERRORS = {
     "413": _error("the body, the value or the batch is larger than the limit"),
     "415": _error("a PATCH that is not a JSON merge patch"),
     "422": _error("the body is JSON but not what the route takes"),
+    "503": _error("a store the answer needs is unavailable, or Kafka refused the append; retry with the same "
+                  "Idempotency-Key"),
+    "504": _error("Kafka did not acknowledge the append in time (log_timeout), or the projection did not apply it "
+                  "in time (projection_timeout); retry with the same Idempotency-Key"),
 }
 
 SANDBOX = _header("X-AMS-Sandbox", "serve the request from this sandbox of the caller's tenant", SANDBOX_PATTERN)

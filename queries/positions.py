@@ -114,10 +114,23 @@ class AppliedPositions(PositionTracker):
         self._set({partition: int(value) if value is not None else -1 for partition, value in enumerate(checkpoints)})
         return dict(self.applied)
 
-    async def outcomes(self, positions: list[Position]) -> list[dict[str, Any] | None]:
-        keys = [self.layout_of(position.partition).outcome(position.partition, position.offset)
-                for position in positions]
-        return [orjson.loads(raw) if raw is not None else None for raw in await self.client.mget(keys)]
+    async def outcomes(self, positions: list[Position]) -> list[dict[str, Any] | None] | None:
+        """The outcome of each applied event the fold did not accept (None: accepted); None for the whole
+        list when Redis cannot vouch for them: a partition lost its data since (its marker is gone, or its
+        checkpoint fell below the position) and is being restored. The outcomes are read in one MULTI with
+        the markers and checkpoints, so a flush cannot slip between them."""
+        partitions = sorted({position.partition for position in positions})
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.mget([self.layout_of(position.partition).outcome(position.partition, position.offset)
+                       for position in positions])
+            pipe.mget([self.layout_of(p).live(p) for p in partitions])
+            pipe.mget([self.layout_of(p).checkpoint(p) for p in partitions])
+            found, markers, checkpoints = await pipe.execute()
+        reached = {p: int(value) if value is not None else -1 for p, value in zip(partitions, checkpoints, strict=True)}
+        if None in markers or any(reached[position.partition] < position.offset for position in positions):
+            await self.refresh()  # so that waiting for the positions waits for the restored partition
+            return None
+        return [orjson.loads(raw) if raw is not None else None for raw in found]
 
     def _on_applied(self, message: bytes) -> None:
         generation, partition, offset = map(int, message.decode().split(":"))

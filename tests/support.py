@@ -46,8 +46,10 @@ async def read_topic(settings: Settings, topic: str) -> list[ConsumerRecord]:
 
 
 async def produce_raw(settings: Settings, value: bytes, *, key: bytes | None = None, partition: int | None = None,
-                      headers: list[tuple[str, bytes]] | None = None) -> tuple[int, int]:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+                      headers: list[tuple[str, bytes]] | None = None,
+                      compression: str | None = None) -> tuple[int, int]:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", compression_type=compression,
+                                max_request_size=32 << 20)
     await producer.start()
     try:
         sent = await producer.send_and_wait(settings.events_topic, value, key=key, partition=partition,
@@ -127,7 +129,7 @@ async def kv_events_by_key(settings: Settings, tenant: str) -> dict[str, list[Lo
     for record in await read_topic(settings, settings.events_topic):
         try:
             event = decode(record.value, record.headers, default_tenant=settings.default_tenant,
-                           record_ts=record.timestamp)
+                           record_ts=record.timestamp, max_value_bytes=settings.max_value_bytes)
         except ValueError:
             continue
         if event.tenant == tenant and event.type.startswith("kv."):

@@ -51,3 +51,13 @@ def test_the_seed_documents_console_line_is_a_put_of_the_header_tenant_or_the_de
 def test_malformed_input_is_rejected_with_the_reason(raw: bytes | None, reason: str) -> None:
     with pytest.raises(MalformedEvent, match=reason):
         decode(raw, default_tenant="default")
+
+
+def test_a_value_over_the_limit_is_malformed_whoever_produced_it() -> None:
+    at_limit = encode(event(data="x" * 98))  # 100 bytes serialized
+    assert decode(at_limit, default_tenant="default", max_value_bytes=100).data == "x" * 98
+    with pytest.raises(MalformedEvent, match="101 bytes, over the 100-byte limit"):
+        decode(encode(event(data="x" * 99)), default_tenant="default", max_value_bytes=100)
+    legacy = orjson.dumps({"op": "set", "key": "k", "value": "x" * 200})
+    with pytest.raises(MalformedEvent, match="over the 100-byte limit"):
+        decode(legacy, default_tenant="default", max_value_bytes=100)

@@ -7,8 +7,19 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from commands.envelope import DELETE, PATCH, PUT, Event
-from commands.fold import IDEMPOTENCY_WINDOW_MS, Record, Status, apply, fold, merge_patch, visible
+from commands.envelope import DELETE, PATCH, PUT, STREAM_APPEND, Event
+from commands.fold import (
+    IDEMPOTENCY_WINDOW_MS,
+    MAX_REMEMBERED_COMMANDS,
+    Record,
+    Remembered,
+    Status,
+    apply,
+    consults_index,
+    fold,
+    merge_patch,
+    visible,
+)
 
 T0 = 1_700_000_000_000
 
@@ -53,6 +64,51 @@ def test_a_retried_command_applies_once_and_reports_the_original_version() -> No
     assert record is not None and record.value == 2
     late = put(1, ts=T0 + IDEMPOTENCY_WINDOW_MS, command_id="c1")
     assert apply(record, late, 7).status is Status.ACCEPTED
+
+
+def test_a_retry_is_a_duplicate_however_many_commands_the_key_accepted_since() -> None:
+    between = [(put(n, ts=T0 + n, command_id=f"other-{n}"), n) for n in range(1, MAX_REMEMBERED_COMMANDS + 9)]
+    retry = put(0, ts=T0 + 99, command_id="retried")
+    record, outcomes = fold([(put(0, command_id="retried"), 0), *between, (retry, 99)])
+    assert outcomes[-1].status is Status.DUPLICATE and outcomes[-1].version == 0
+    assert record is not None and record.value == MAX_REMEMBERED_COMMANDS + 8
+    # The record alone remembers only the last few: the command index (``seen``) holds the rest.
+    assert consults_index(record) and "retried" not in {entry[0] for entry in record.commands}
+    assert apply(record, retry, 99).status is Status.ACCEPTED
+    assert apply(record, retry, 99, ("retried", 0, T0)).status is Status.DUPLICATE
+    assert apply(record, put(0, ts=T0 + IDEMPOTENCY_WINDOW_MS, command_id="retried"), 99,
+                 ("retried", 0, T0)).status is Status.ACCEPTED
+
+
+def test_only_a_full_list_forgets_and_each_forgotten_command_is_reported_once() -> None:
+    events = [(put(n, ts=T0 + n, command_id=f"c{n}"), n) for n in range(MAX_REMEMBERED_COMMANDS + 3)]
+    index: dict[str, Remembered] = {}
+    _, outcomes = fold(events, index=index)
+    forgotten = [outcome.forgotten for outcome in outcomes if outcome.forgotten is not None]
+    assert forgotten == [("c0", 0, T0), ("c1", 1, T0 + 1), ("c2", 2, T0 + 2)]
+    assert index == {entry[0]: entry for entry in forgotten}
+    assert not any(consults_index(outcome.record) for outcome in outcomes[:MAX_REMEMBERED_COMMANDS - 1])
+
+
+def test_folding_in_two_parts_with_the_index_equals_folding_everything() -> None:
+    ids = [f"c{n % 45}" for n in range(120)]  # every id comes back after more than 32 others
+    events = [(put(n, ts=T0 + n, command_id=command_id), n) for n, command_id in enumerate(ids)]
+    whole, outcomes = fold(events)
+    index: dict[str, Remembered] = {}
+    middle, first = fold(events[:70], index=index)
+    rest, second = fold(events[70:], middle, dict(index))
+    assert rest == whole and [o.status for o in first + second] == [o.status for o in outcomes]
+    assert [o.status for o in outcomes].count(Status.ACCEPTED) == 45
+
+
+def test_a_stream_counts_its_appends_and_a_retried_append_is_a_duplicate() -> None:
+    def append(step: int, command_id: str) -> Event:
+        return Event(STREAM_APPEND, "acme", "run", {"step": step}, ts=T0 + step, command_id=command_id)
+
+    record, outcomes = fold([(append(1, "a"), 3), (append(2, "b"), 4), (append(1, "a"), 9)])
+    assert [outcome.status for outcome in outcomes] == [Status.ACCEPTED, Status.ACCEPTED, Status.DUPLICATE]
+    assert outcomes[2].version == 3
+    assert record is not None and record.value == 2 and record.version == 4
 
 
 def test_merge_patch_follows_rfc_7396() -> None:

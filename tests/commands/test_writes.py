@@ -127,6 +127,28 @@ async def test_stream_appends_answer_with_their_position(api: httpx.AsyncClient)
     assert int(partition) >= 0 and int(offset) >= 0
 
 
+async def test_a_retried_stream_append_with_the_same_idempotency_key_applies_once(api: httpx.AsyncClient) -> None:
+    first = await api.post("/v1/streams/run-43", json={"step": 1}, headers={"Idempotency-Key": "append-1"})
+    assert first.status_code == 200, first.text
+    assert (await api.post("/v1/streams/run-43", json={"step": 2})).status_code == 200
+    retry = await api.post("/v1/streams/run-43", json={"step": 1}, headers={"Idempotency-Key": "append-1"})
+    assert retry.status_code == 200, retry.text
+    assert retry.json()["status"] == "duplicate"
+    assert retry.json()["version"] == first.json()["version"] == int(first.json()["position"].split(":")[1])
+    page = await api.get("/v1/streams/run-43", headers={"X-AMS-Min-Position": retry.json()["position"]})
+    assert [entry["data"] for entry in page.json()["entries"]] == [{"step": 1}, {"step": 2}]
+
+
+async def test_a_retry_after_more_than_32_other_writes_to_the_key_is_a_duplicate(api: httpx.AsyncClient) -> None:
+    first = await api.put("/v1/kv/busy", json=0, headers={"Idempotency-Key": "early"})
+    assert first.status_code == 200, first.text
+    for n in range(1, 41):
+        assert (await api.put("/v1/kv/busy", json=n, headers={"Idempotency-Key": f"w{n}"})).status_code == 200
+    retry = await api.put("/v1/kv/busy", json=0, headers={"Idempotency-Key": "early"})
+    assert retry.json()["status"] == "duplicate" and retry.json()["version"] == first.json()["version"]
+    assert (await api.get("/v1/kv/busy")).json() == 40
+
+
 async def test_listing_pages_through_a_prefix_in_key_order(api: httpx.AsyncClient) -> None:
     keys = [f"notes/{i:02d}" for i in range(25)]
     await api.post("/v1/batch", json={"operations": [{"op": "put", "key": key, "value": i}

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from commands.envelope import DELETE, PUT, Event, now_ms
-from commands.fold import Status, fold
+from commands.envelope import DELETE, PUT, STREAM_APPEND, Event, now_ms
+from commands.fold import MAX_REMEMBERED_COMMANDS, Status, fold
 from projections.sink import CheckpointMoved, Positioned, ProjectionSink
 
 
@@ -82,3 +82,33 @@ class SinkContract(ABC):
     async def test_the_checkpoint_moves_past_records_that_carried_no_event(self, sink: ProjectionSink) -> None:
         await sink.apply(self.partition, [], through=41, expected=-1)
         assert (await sink.checkpoints())[self.partition] == 41
+
+    @pytest.mark.parametrize("cuts", [(1, 20, 41), (41,)], ids=["in batches", "one batch"])
+    async def test_a_retry_is_a_duplicate_however_many_commands_came_between(
+        self, sink: ProjectionSink, tenant: str, cuts: tuple[int, ...]
+    ) -> None:
+        ts, between = now_ms(), MAX_REMEMBERED_COMMANDS + 8
+        events = [Positioned(Event(PUT, tenant, "hot", {"n": 0}, ts=ts, command_id="retried"), 0)]
+        events += [Positioned(Event(PUT, tenant, "hot", {"n": n}, ts=ts + n, command_id=f"other-{n}"), n)
+                   for n in range(1, between + 1)]
+        events.append(Positioned(Event(PUT, tenant, "hot", {"n": 0}, ts=ts + 99, command_id="retried"), between + 1))
+        outcomes, checkpoint = [], -1
+        for start, end in zip((0, *cuts), (*cuts, len(events)), strict=True):
+            outcomes += await sink.apply(self.partition, events[start:end], through=end - 1, expected=checkpoint)
+            checkpoint = end - 1
+        last = outcomes[-1]
+        assert last is not None and last.status is Status.DUPLICATE and last.version == 0
+        assert await self.read(sink, tenant, "hot") == {"value": {"n": between}, "version": between}
+        # A later retry of a command from the middle is a duplicate too, in a batch of its own.
+        retry = Positioned(Event(PUT, tenant, "hot", {"n": 3}, ts=ts + 100, command_id="other-3"), between + 2)
+        [again] = await sink.apply(self.partition, [retry], through=between + 2, expected=between + 1)
+        assert again is not None and again.status is Status.DUPLICATE and again.version == 3
+
+    async def test_a_retried_stream_append_is_a_duplicate(self, sink: ProjectionSink, tenant: str) -> None:
+        ts = now_ms()
+        appends = [Positioned(Event(STREAM_APPEND, tenant, "hot", {"step": n}, ts=ts + n, command_id=f"s{n % 3}"), n)
+                   for n in range(5)]
+        outcomes = await sink.apply(self.partition, appends, through=4, expected=-1)
+        assert [outcome.status if outcome else None for outcome in outcomes] == [
+            Status.ACCEPTED, Status.ACCEPTED, Status.ACCEPTED, Status.DUPLICATE, Status.DUPLICATE]
+        assert await self.read(sink, tenant, "hot") is None  # a stream is not the key of the same name

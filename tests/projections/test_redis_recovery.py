@@ -77,3 +77,29 @@ async def test_a_writer_never_reads_an_older_value_across_a_flush(
         assert response.status_code == 200, response.text
         assert response.json() == index
     await wait_until_live(redis, settings)
+
+
+async def test_a_restore_brings_back_command_indexes_and_stream_records(
+    settings: Settings, api: httpx.AsyncClient, redis: aioredis.Redis
+) -> None:
+    for n in range(40):
+        written = await api.put("/v1/kv/idx/hot", json=n, headers={"Idempotency-Key": f"put-{n}"})
+        assert written.status_code == 200, written.text
+    appended = await api.post("/v1/streams/idx-run", json={"step": 0}, headers={"Idempotency-Key": "step-0"})
+    assert appended.status_code == 200, appended.text
+    retried = await api.post("/v1/streams/idx-run", json={"step": 0}, headers={"Idempotency-Key": "step-0"})
+    assert retried.json()["status"] == "duplicate", retried.text
+    await api.get("/v1/kv/idx/hot/history", headers={"X-AMS-Min-Position": retried.json()["position"]})
+    await redis.flushall()
+    await wait_until_live(redis, settings)
+    # A writer still waiting on the retried append would read its outcome: restored from PostgreSQL.
+    partition, offset = map(int, retried.json()["position"].split(":"))
+    layout = RedisLayout(settings.redis_prefix)
+    generation = int(await redis.get(layout.pointer(partition)) or 0)
+    outcome = await redis.get(layout.at(generation).outcome(partition, offset))
+    assert outcome is not None and b"duplicate" in outcome
+    late = await api.put("/v1/kv/idx/hot", json=0, headers={"Idempotency-Key": "put-0"})
+    assert late.json()["status"] == "duplicate", late.text
+    again = await api.post("/v1/streams/idx-run", json={"step": 0}, headers={"Idempotency-Key": "step-0"})
+    assert again.json()["status"] == "duplicate", again.text
+    assert (await api.get("/v1/kv/idx/hot")).json() == 39

@@ -110,3 +110,16 @@ async def test_the_admin_endpoint_runs_a_rebuild_for_operators_only(api: httpx.A
     assert body["state"] == "done", body
     assert body["applied"] > 0 and body["events_per_second"] > 0
     assert (await api.get("/v1/kv/anything")).json() == 1
+
+
+async def test_a_rebuild_rebuilds_the_command_indexes_and_stream_records(
+    api: httpx.AsyncClient, settings: Settings
+) -> None:
+    for n in range(40):
+        assert (await api.put("/v1/kv/hot", json=n, headers={"Idempotency-Key": f"hot-{n}"})).status_code == 200
+    assert (await api.post("/v1/streams/run", json=1, headers={"Idempotency-Key": "step-1"})).status_code == 200
+    assert (await rebuild_redis(settings, quiet=True)).state == "done"
+    retried = await api.put("/v1/kv/hot", json=0, headers={"Idempotency-Key": "hot-0"})
+    assert retried.json()["status"] == "duplicate", retried.text
+    again = await api.post("/v1/streams/run", json=1, headers={"Idempotency-Key": "step-1"})
+    assert again.json()["status"] == "duplicate", again.text
