@@ -34,31 +34,50 @@ class SandboxFollower:
         self.running: dict[bytes, asyncio.Task[None]] = {}
 
     async def run(self) -> None:
+        """Follow the registry until cancelled; an error (the broker or a store away) restarts the following,
+        instead of ending the task (which crashed the whole worker, live projection included)."""
         try:
-            async with contextlib.aclosing(follow_registry(self.settings)) as registry:  # closed when cancelled
-                async for key, spec in registry:
-                    task = self.running.pop(key, None)
-                    if task is not None:
-                        task.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await task
-                    if spec is None:
-                        await self._drop(key)
-                    else:
-                        self.running[key] = asyncio.create_task(self._project(spec))
+            while True:
+                try:
+                    await self._follow()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:  # noqa: BLE001 - the live projection must keep running
+                    log.warning("lost the sandbox registry (%r); following it again in 1s", error)
+                    await asyncio.sleep(1)
         finally:
             for task in self.running.values():
                 task.cancel()
             await asyncio.gather(*self.running.values(), return_exceptions=True)  # their sinks close
 
+    async def _follow(self) -> None:
+        async with contextlib.aclosing(follow_registry(self.settings)) as registry:  # closed when cancelled
+            async for key, spec in registry:
+                task = self.running.pop(key, None)
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                if spec is None:
+                    await self._drop(key)
+                else:
+                    self.running[key] = asyncio.create_task(self._project(spec))
+
     async def _drop(self, key: bytes) -> None:
+        """Remove the dropped sandbox's state, retrying while its store is unavailable."""
         owner, _, name = key.decode().partition("|")
-        sink = self.make_sink(SandboxSpec(owner, name).namespace(self.settings))
-        try:
-            dropped = await sink.drop()
-            log.info("sandbox %s/%s dropped: %d items of its %s state removed", owner, name, dropped, sink.name)
-        finally:
-            await sink.close()
+        while True:
+            sink = self.make_sink(SandboxSpec(owner, name).namespace(self.settings))
+            try:
+                dropped = await sink.drop()
+                log.info("sandbox %s/%s dropped: %d items of its %s state removed", owner, name, dropped, sink.name)
+                return
+            except sink.transient_errors as error:
+                log.warning("sandbox %s/%s: removing its %s state failed (%r); retrying in 1s", owner, name,
+                            sink.name, error)
+            finally:
+                await sink.close()
+            await asyncio.sleep(1)
 
     async def _project(self, spec: SandboxSpec) -> None:
         namespace = spec.namespace(self.settings)

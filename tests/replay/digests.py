@@ -45,6 +45,8 @@ async def postgres_checkpoints(settings: Settings, schema: str) -> dict[int, int
         rows = await connection.fetch(f'SELECT partition, log_offset FROM "{schema}".checkpoints '
                                       "WHERE projection = 'postgres'")
         return {row["partition"]: row["log_offset"] for row in rows}
+    except asyncpg.UndefinedTableError:
+        return {}  # a worker that has not started yet has not created its schema
     finally:
         await connection.close()
 

@@ -54,9 +54,10 @@ class LiveWorker:
             for tp in partitions:
                 consumer.seek(tp, self.projector.resume_offset(tp.partition))
             while True:
-                ends = await consumer.end_offsets(partitions)
-                if self.stopping.is_set() and all([await consumer.position(tp) >= ends[tp] for tp in partitions]):
-                    return
+                if self.stopping.is_set():  # (asking for the log's end costs a round trip: only when stopping)
+                    ends = await consumer.end_offsets(partitions)
+                    if all([await consumer.position(tp) >= ends[tp] for tp in partitions]):
+                        return
                 batch = await consumer.getmany(timeout_ms=50, max_records=5)
                 records = [record for tp_records in batch.values() for record in tp_records]
                 try:
