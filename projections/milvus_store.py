@@ -66,6 +66,11 @@ def generation_of(collection: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
+class GenerationUnknown(ConnectionError):
+    """The live generation could not be looked up (Milvus is unreachable or restarting): transient. Nothing an
+    event holds can make this lookup fail, so it must never dead-letter the batch that needed it."""
+
+
 class CollectionReleased(ConnectionError):
     """The server released a collection (it restarted): transient, the next attempt loads it again."""
 
@@ -110,9 +115,13 @@ class MilvusStore:
         self._followed = time.monotonic()
 
     def live_generation(self) -> int:
-        if LIVE_ALIAS not in self.client.list_aliases().get("aliases", []):
-            return 0
-        return generation_of(self.client.describe_alias(LIVE_ALIAS)["collection_name"]) or 0
+        try:
+            if LIVE_ALIAS not in self.client.list_aliases().get("aliases", []):
+                return 0
+            return generation_of(self.client.describe_alias(LIVE_ALIAS)["collection_name"]) or 0
+        except MilvusException as error:
+            raise GenerationUnknown(f"Milvus could not say which generation of the view is live ({error}); "
+                                    "retrying") from error
 
     def follow_live(self, max_age: float = 0.0) -> int:
         """Move to the live generation (looked up at most every ``max_age`` seconds); returns it."""
