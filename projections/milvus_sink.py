@@ -8,14 +8,17 @@ the batch, so a worker that lost its partitions stops instead of moving the chec
 
 A batch looks up the live generation once, first, and writes only into it. When a rebuild switches
 generations, the batch in progress finishes in the retired one (harmlessly), and the next finds the new
-generation's checkpoint instead of the one it expected: the projector re-reads it and resumes from there
-(re-applied operations are no-ops, by version).
+generation's checkpoint instead of the one it expected. Ahead of it: the projector skips forward. Behind
+it (the new generation lacks the batch that was in progress): the sink is then a `RecoverableSink` whose
+partition went back in time, and the projector catches it up with a private reader of the topic, as it
+does for a Redis that lost data, instead of seeking the worker's consumer backwards. Re-applied
+operations are no-ops, by version.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from pymilvus.exceptions import ConnectError, MilvusException, MilvusUnavailableException
@@ -24,7 +27,7 @@ from ams.settings import Settings
 from commands.fold import Outcome
 from projections.embeddings import MARK, UPSERT, EmbeddingOp
 from projections.milvus_store import MilvusStore, Row
-from projections.sink import NO_CHECKPOINT, TRANSIENT, CheckpointMoved, Positioned, ProjectionSink
+from projections.sink import NO_CHECKPOINT, TRANSIENT, CheckpointMoved, Positioned, RecoverableSink
 
 
 def newest_per_key(ops: Sequence[EmbeddingOp]) -> dict[tuple[str, str], EmbeddingOp]:
@@ -37,7 +40,7 @@ def newest_per_key(ops: Sequence[EmbeddingOp]) -> dict[tuple[str, str], Embeddin
     return newest
 
 
-class MilvusSink(ProjectionSink):
+class MilvusSink(RecoverableSink):
     name = "milvus"
     source = "embeddings"
     transient_errors = (*TRANSIENT, ConnectError, MilvusUnavailableException)
@@ -62,6 +65,17 @@ class MilvusSink(ProjectionSink):
     async def checkpoints(self) -> dict[int, int]:
         rows = await asyncio.to_thread(self._live_checkpoints)
         return {partition: offset for partition, (offset, _) in rows.items()}
+
+    async def incomplete(self, partitions: Collection[int], expected: Mapping[int, int]) -> list[int]:
+        """Partitions a rebuild's switch left behind the worker (see the module's docstring)."""
+        stored = await self.checkpoints()
+        return [p for p in partitions if stored.get(p, NO_CHECKPOINT) < expected.get(p, NO_CHECKPOINT)]
+
+    async def restore(self, partition: int) -> int:
+        return (await self.checkpoints()).get(partition, NO_CHECKPOINT)
+
+    async def mark_complete(self, partition: int) -> None:
+        """Nothing to mark: readers wait for the embedder's marks, which the new generation keeps itself."""
 
     async def apply(
         self, partition: int, events: Sequence[Positioned[Any]], through: int, expected: int

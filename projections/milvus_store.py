@@ -11,7 +11,7 @@ Generations: `ams rebuild vectors` builds generation N+1 (``ams_g<N+1>_t_<tenant
 collection: one atomic step that moves every reader and writer. Generation 0 keeps the original names and
 is live while the alias does not exist. A store built without a generation follows the live one: callers
 call `follow_live` where a switch may take effect (the projection worker before each batch, so that a
-whole batch goes to one generation; the gateway before each search).
+whole batch goes to one generation; the gateway before each search); it starts in the live one.
 
 pymilvus is synchronous: callers run these methods in a worker thread.
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -65,6 +66,11 @@ def generation_of(collection: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
+class GenerationUnknown(ConnectionError):
+    """The live generation could not be looked up (Milvus is unreachable or restarting): transient. Nothing an
+    event holds can make this lookup fail, so it must never dead-letter the batch that needed it."""
+
+
 class CollectionReleased(ConnectionError):
     """The server released a collection (it restarted): transient, the next attempt loads it again."""
 
@@ -102,15 +108,20 @@ class MilvusStore:
         self.client = MilvusClient(uri=uri, timeout=30, grpc_options=GRPC_OPTIONS)
         self.ef_search, self.hnsw_m, self.ef_construction = ef_search, hnsw_m, ef_construction
         self.following = generation is None
-        self.generation = generation or 0
-        self._followed = float("-inf")
         self._dims: dict[str, tuple[int, Metric]] = {}
         self._loaded: set[str] = set()
+        self._creating = threading.Lock()
+        self.generation = self.live_generation() if generation is None else generation
+        self._followed = time.monotonic()
 
     def live_generation(self) -> int:
-        if LIVE_ALIAS not in self.client.list_aliases().get("aliases", []):
-            return 0
-        return generation_of(self.client.describe_alias(LIVE_ALIAS)["collection_name"]) or 0
+        try:
+            if LIVE_ALIAS not in self.client.list_aliases().get("aliases", []):
+                return 0
+            return generation_of(self.client.describe_alias(LIVE_ALIAS)["collection_name"]) or 0
+        except MilvusException as error:
+            raise GenerationUnknown(f"Milvus could not say which generation of the view is live ({error}); "
+                                    "retrying") from error
 
     def follow_live(self, max_age: float = 0.0) -> int:
         """Move to the live generation (looked up at most every ``max_age`` seconds); returns it."""
@@ -172,8 +183,12 @@ class MilvusStore:
         return self._dims[tenant]
 
     def ensure_tenant(self, tenant: str, dim: int, metric: Metric) -> None:
-        if self.tenant_shape(tenant) is not None:
-            return
+        # Partitions are applied concurrently, each in a thread: two of them may meet a new tenant at once.
+        with self._creating:
+            if self.tenant_shape(tenant) is None:
+                self._create_tenant(tenant, dim, metric)
+
+    def _create_tenant(self, tenant: str, dim: int, metric: Metric) -> None:
         schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("key", DataType.VARCHAR, is_primary=True, max_length=MAX_KEY_BYTES)
         schema.add_field("version", DataType.INT64)
@@ -184,8 +199,14 @@ class MilvusStore:
         index = self.client.prepare_index_params()
         index.add_index("vector", index_type="HNSW", metric_type=MILVUS_METRICS[metric],
                         params={"M": self.hnsw_m, "efConstruction": self.ef_construction})
-        self.client.create_collection(self.collection(tenant), schema=schema, index_params=index,
-                                      consistency_level="Strong", properties={"ams.metric": MILVUS_METRICS[metric]})
+        try:
+            self.client.create_collection(self.collection(tenant), schema=schema, index_params=index,
+                                          consistency_level="Strong",
+                                          properties={"ams.metric": MILVUS_METRICS[metric]})
+        except MilvusException:
+            if self.tenant_shape(tenant) is None:
+                raise
+            return  # another process created it meanwhile: the first one's shape stands
         self._loaded.add(self.collection(tenant))
         self._dims[tenant] = (dim, metric)
 

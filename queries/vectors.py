@@ -29,7 +29,7 @@ from commands.keys import parse_positions
 from commands.vectors import DimensionUnavailable, InvalidVector, extract_vector
 from projections.embedder import TenantDimensions
 from projections.faiss_feed import FaissFeed
-from projections.milvus_store import CollectionReleased, MilvusStore
+from projections.milvus_store import CollectionReleased, GenerationUnknown, MilvusStore
 from projections.text_embedder import INSTALL_HINT, TextEmbedderUnavailable, text_embedder
 from projections.vector_filter import Condition, InvalidFilter, matches_all, milvus_expression, parse_filter
 from queries.context import authorize, context
@@ -137,8 +137,8 @@ async def _wait_milvus(store: MilvusStore, positions: dict[int, int], timeout: f
         try:
             await asyncio.to_thread(store.follow_live, MILVUS_FOLLOW_SECONDS)
             checkpoints = await asyncio.to_thread(store.checkpoints)
-        except CollectionReleased:
-            checkpoints = {}  # loaded again on the next poll
+        except (CollectionReleased, GenerationUnknown):
+            checkpoints = {}  # Milvus restarting: asked again on the next poll
         marks = {partition: mark for partition, (_, mark) in checkpoints.items()}
         if all(marks.get(partition, -1) >= offset for partition, offset in positions.items()):
             return True

@@ -22,6 +22,7 @@ from replay.catch_up import started_consumer
 from replay.rebuild_postgres import rebuild_postgres, schema_names
 from tests.replay.digests import (
     drop_schema,
+    last_offsets,
     postgres_digest,
     reference_postgres,
     wait_postgres_caught_up,
@@ -98,6 +99,7 @@ async def test_a_live_worker_writing_through_the_swap_lands_in_the_new_schema_an
     live = f"rbt_{uuid.uuid4().hex[:10]}"
     private = with_schema(settings, live)
     await history_of_writes(api)
+    await reference_postgres(settings, live, await last_offsets(settings, settings.events_topic))  # the bulk, fast
     worker = LiveWorker(private, live)
     running = asyncio.create_task(worker.run())
     stop = asyncio.Event()
@@ -131,7 +133,7 @@ async def test_a_live_worker_writing_through_the_swap_lands_in_the_new_schema_an
         assert await current_rows(settings, live, tenant) == expected
     finally:
         stop.set()
-        worker.stopping.set()
+        running.cancel()
         await asyncio.gather(writes, running, return_exceptions=True)
         await worker.close()
         for schema in (live, f"{live}_ref", *schema_names(private)[1:]):
