@@ -97,6 +97,7 @@ def build_app(name: str, settings: Settings) -> ProjectionApp:
                           decoder=decoder, max_value_bytes=settings.max_value_bytes)
     app = ProjectionApp(
         f"ams-projection-{name}",
+        datadir=str(settings.home / "faust" / f"ams-projection-{name}"),  # under the project's data, not the cwd
         broker=f"kafka://{settings.kafka_bootstrap}",
         key_serializer="raw",
         value_serializer="raw",
