@@ -95,9 +95,11 @@ def build_app(name: str, settings: Settings) -> ProjectionApp:
     projector = Projector(sink, DeadLetters(settings.kafka_bootstrap, settings.dlq_topic, source_topic),
                           settings.default_tenant, PartitionReader(settings.kafka_bootstrap, source_topic),
                           decoder=decoder, max_value_bytes=settings.max_value_bytes)
+    datadir = settings.home / "faust" / f"ams-projection-{name}"  # under the project's data, not the cwd
+    datadir.parent.mkdir(parents=True, exist_ok=True)
     app = ProjectionApp(
         f"ams-projection-{name}",
-        datadir=str(settings.home / "faust" / f"ams-projection-{name}"),  # under the project's data, not the cwd
+        datadir=str(datadir),
         broker=f"kafka://{settings.kafka_bootstrap}",
         key_serializer="raw",
         value_serializer="raw",
