@@ -87,7 +87,8 @@ async def _build_and_swap(settings: Settings, admin: asyncpg.Connection, tracker
                           retired: str) -> None:
     sink = PostgresSink(settings.postgres_dsn, building, settings.partitions, projection=PROJECTION)
     dead_letters = DeadLetters(settings.kafka_bootstrap, settings.dlq_topic, settings.events_topic)
-    projector = Projector(sink, dead_letters, settings.default_tenant, label="postgres rebuild")
+    projector = Projector(sink, dead_letters, settings.default_tenant, label="postgres rebuild",
+                          max_value_bytes=settings.max_value_bytes)
     consumer = await started_consumer(settings)
     try:
         builder = Builder(projector, consumer, settings.events_topic, settings.partitions, tracker)

@@ -88,7 +88,8 @@ async def build(settings: Settings, generation: int, partitions: list[int], prog
     layout = RedisLayout(settings.redis_prefix)
     sink = RedisSink(settings.redis_url, layout, settings.partitions, building=generation)
     dead_letters = DeadLetters(settings.kafka_bootstrap, settings.dlq_topic, settings.events_topic)
-    projector = Projector(sink, dead_letters, settings.default_tenant, label="redis rebuild")
+    projector = Projector(sink, dead_letters, settings.default_tenant, label="redis rebuild",
+                          max_value_bytes=settings.max_value_bytes)
     client = aioredis.from_url(settings.redis_url)
     switch = client.register_script(SWITCH)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,

@@ -96,7 +96,8 @@ async def reference_postgres(settings: Settings, schema: str, through: dict[int,
     try:
         tracker = Tracker(RebuildState(f"reference-{schema}", 0), redis, RedisLayout(settings.redis_prefix),
                           progress_display(quiet=True))
-        builder = Builder(Projector(sink, dead_letters, settings.default_tenant), consumer, settings.events_topic,
+        projector = Projector(sink, dead_letters, settings.default_tenant, max_value_bytes=settings.max_value_bytes)
+        builder = Builder(projector, consumer, settings.events_topic,
                           settings.partitions, tracker)
         await builder.start()
         await builder.through(through)

@@ -42,7 +42,8 @@ class LiveWorker:
         self.settings = settings
         self.sink = PostgresSink(settings.postgres_dsn, schema, settings.partitions)
         self.projector = Projector(self.sink, DeadLetters(settings.kafka_bootstrap, settings.dlq_topic,
-                                                          settings.events_topic), settings.default_tenant)
+                                                          settings.events_topic), settings.default_tenant,
+                                   max_value_bytes=settings.max_value_bytes)
         self.batches = 0
         self.stopping = asyncio.Event()
 
