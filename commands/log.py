@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
+from aiokafka.producer.transaction_manager import TransactionState
 
 from commands.envelope import STREAM_APPEND, Event, encode
 from commands.keys import Position, kafka_key, partition_for, stream_key
@@ -67,10 +68,10 @@ class EventLog:
 
     async def start(self) -> None:
         # Clients are made here, not in __init__: aiokafka binds them to the running event loop.
-        common = {"bootstrap_servers": self.bootstrap, "acks": "all", "max_request_size": self.max_request_size,
-                  "linger_ms": 1}
-        self._producer = AIOKafkaProducer(enable_idempotence=True, **common)
-        self._transactional = AIOKafkaProducer(transactional_id=self.transactional_id, **common)
+        self._common: dict[str, Any] = {"bootstrap_servers": self.bootstrap, "acks": "all",
+                                        "max_request_size": self.max_request_size, "linger_ms": 1}
+        self._producer = AIOKafkaProducer(enable_idempotence=True, **self._common)
+        self._transactional = AIOKafkaProducer(transactional_id=self.transactional_id, **self._common)
         self._offsets_reader = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
                                                 isolation_level="read_committed")
         self._written_reader = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
@@ -116,7 +117,21 @@ class EventLog:
         return await self._bounded(self._transaction(events), "the batch's transaction")
 
     async def _transaction(self, events: Sequence[Event]) -> list[Position]:
-        async with self._transaction_lock, self._transactional.transaction():
+        async with self._transaction_lock:
+            if _failed_fatally(self._transactional):
+                await self._new_transactional_producer()
+            return await self._send_in_transaction(events)
+
+    async def _new_transactional_producer(self) -> None:
+        """aiokafka's transactional producer never leaves a fatal error (one a broker restart can cause): every
+        later transaction would fail. A new one with the same transactional id fences the old and carries on."""
+        failed, self._transactional = self._transactional, AIOKafkaProducer(
+            transactional_id=self.transactional_id, **self._common)
+        await failed.stop()
+        await self._transactional.start()
+
+    async def _send_in_transaction(self, events: Sequence[Event]) -> list[Position]:
+        async with self._transactional.transaction():
             futures = [
                 await self._transactional.send(self.topic, encode(event), key=record_key(event),
                                                partition=self.partition_of(event))
@@ -145,3 +160,8 @@ class EventLog:
         except KafkaError as error:
             raise LogUnavailable(f"Kafka refused to name the log's end offsets: {error!r}", timed_out=False) from None
         return {tp.partition: offset for tp, offset in ends.items()}
+
+
+def _failed_fatally(producer: AIOKafkaProducer) -> bool:
+    manager = getattr(producer, "_txn_manager", None)  # aiokafka exposes no public way to ask
+    return manager is not None and manager.state == TransactionState.FATAL_ERROR
