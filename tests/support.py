@@ -18,8 +18,9 @@ from commands.envelope import Event, decode
 from commands.fold import Outcome, Record, apply, fold
 
 
-async def read_topic(settings: Settings, topic: str) -> list[ConsumerRecord]:
-    """Every committed record of ``topic``, from offset 0 up to the current end of each partition."""
+async def read_topic(settings: Settings, topic: str, since: dict[int, int] | None = None) -> list[ConsumerRecord]:
+    """Every committed record of ``topic`` from ``since`` (per partition; default: the start) up to the
+    current end of each partition."""
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
     await producer.start()
     try:
@@ -27,14 +28,15 @@ async def read_topic(settings: Settings, topic: str) -> list[ConsumerRecord]:
     finally:
         await producer.stop()
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
-                                isolation_level="read_committed")
+                                isolation_level="read_committed", max_partition_fetch_bytes=16 << 20)
     await consumer.start()
     try:
         partitions = [TopicPartition(topic, number) for number in numbers]
         consumer.assign(partitions)
         ends = await consumer.end_offsets(partitions)
-        for tp, first in (await consumer.beginning_offsets(partitions)).items():
-            consumer.seek(tp, first)
+        firsts = await consumer.beginning_offsets(partitions)
+        for tp in partitions:
+            consumer.seek(tp, max(firsts[tp], (since or {}).get(tp.partition, 0)))
         records: list[ConsumerRecord] = []
         while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
             batch = await consumer.getmany(timeout_ms=1000)

@@ -29,8 +29,9 @@ from ams.settings import Settings
 from commands.fold import Status
 from commands.keys import Position, kafka_key, partition_for
 from tests.faults.history import Ack, Command, History, Kind, Operation
-from tests.faults.logview import KV, Logged, LogView, read_records
+from tests.faults.logview import KV, Logged, LogView
 from tests.faults.views import Comparison, ProjectionView, compare
+from tests.support import read_topic
 
 MAX_LISTED = 12  # problems of one kind printed in full
 
@@ -179,7 +180,7 @@ async def check_poison(settings: Settings, poison: Sequence[Poison], history: Hi
     if not poison:
         return
     letters: dict[Position, dict[str, object]] = {}
-    for record in await read_records(settings, settings.dlq_topic):
+    for record in await read_topic(settings, settings.dlq_topic):
         about = dict(record.headers).get("ams.dead_letter")
         if about is not None:
             entry = orjson.loads(about)

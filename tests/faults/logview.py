@@ -10,12 +10,13 @@ import bisect
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ams.settings import Settings
 from commands.envelope import STREAM_APPEND, Event, MalformedEvent, decode
 from commands.fold import Record, Remembered, Status, apply, remember
 from commands.keys import Position
+from tests.support import read_topic
 
 KV, STREAM = "kv", "stream"
 
@@ -89,34 +90,6 @@ class LogView:
         return self
 
 
-async def read_records(settings: Settings, topic: str, since: dict[int, int] | None = None) -> list[ConsumerRecord]:
-    """Every committed record of ``topic`` from ``since`` (per partition; default: the start) to its end now."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
-    await producer.start()
-    try:
-        numbers = sorted(await producer.partitions_for(topic))
-    finally:
-        await producer.stop()
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
-                                isolation_level="read_committed", max_partition_fetch_bytes=16 << 20)
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(topic, number) for number in numbers]
-        consumer.assign(partitions)
-        ends = await consumer.end_offsets(partitions)
-        firsts = await consumer.beginning_offsets(partitions)
-        for tp in partitions:
-            consumer.seek(tp, max(firsts[tp], (since or {}).get(tp.partition, 0)))
-        records: list[ConsumerRecord] = []
-        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
-            batch = await consumer.getmany(timeout_ms=1000)
-            for tp, tp_records in batch.items():
-                records.extend(record for record in tp_records if record.offset < ends[tp])
-        return records
-    finally:
-        await consumer.stop()
-
-
 async def log_heads(settings: Settings) -> dict[int, int]:
     """The next offset of each partition of the event log."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
@@ -131,7 +104,7 @@ async def log_heads(settings: Settings) -> dict[int, int]:
 
 async def read_log(settings: Settings, tenant: str, since: dict[int, int]) -> LogView:
     """The tenant's events since ``since``, each with the outcome a fresh fold gives it."""
-    records = sorted(await read_records(settings, settings.events_topic, since),
+    records = sorted(await read_topic(settings, settings.events_topic, since),
                      key=lambda record: (record.partition, record.offset))
     last: dict[int, int] = {}
     malformed: dict[Position, str] = {}
