@@ -58,6 +58,9 @@ def faiss_digest(view: FaissView, tenant: str) -> dict[str, Any]:
 
 
 def milvus_digest(settings: Settings, tenant: str) -> dict[str, Any]:
+    """Each live key of the tenant's collection: version, expiry, value and vector. Tombstones are left out:
+    whether a deleted key has one depends on batching (a batch that creates a key and deletes it, for a
+    tenant with no collection yet, writes nothing at all), and an absent row reads as deleted all the same."""
     store = MilvusStore(settings.milvus_endpoint)
     try:
         store.follow_live()
@@ -65,9 +68,9 @@ def milvus_digest(settings: Settings, tenant: str) -> dict[str, Any]:
             return {}
         rows = store.client.query(store.collection(tenant), filter='key != ""',
                                   output_fields=["key", "version", "deleted", "expires_at", "value", "vector"])
-        return {row["key"]: (row["version"], row["deleted"], row["expires_at"], row["value"],
-                             None if row["deleted"] else np.round(np.asarray(row["vector"]), 6).tolist())
-                for row in rows}
+        return {row["key"]: (row["version"], row["expires_at"], row["value"],
+                             np.round(np.asarray(row["vector"]), 6).tolist())
+                for row in rows if not row["deleted"]}
     finally:
         store.close()
 
