@@ -29,7 +29,7 @@ from rich.progress import (
 )
 
 from ams.settings import Settings
-from projections.projector import Projector, Reseek
+from projections.projector import LogRecord, Projector, Reseek
 from projections.redis_layout import RedisLayout
 from replay.rebuild import RebuildState, save_state
 
@@ -103,6 +103,8 @@ class Builder:
         return [TopicPartition(self.topic, partition) for partition in range(self.partitions)]
 
     async def start(self) -> None:
+        if self.projector.reader is None:
+            raise ValueError("a Builder's projector needs a PartitionReader: it reads the markers it settles over")
         await self.projector.load_checkpoints()
         self.consumer.assign(self.assigned)
 
@@ -115,8 +117,10 @@ class Builder:
         self._seek_to_checkpoints()
         while True:
             heads = await self.consumer.end_offsets(self.assigned)
-            behind = [tp for tp in self.assigned if await self.consumer.position(tp) < heads[tp]]
+            positions = {tp: await self.consumer.position(tp) for tp in self.assigned}
+            behind = [tp for tp in self.assigned if positions[tp] < heads[tp]]
             if not behind:
+                await self._settle({tp.partition: position for tp, position in positions.items()})
                 await self.tracker.count(0, 0, force=True)
                 return
             await self._step(behind, {tp.partition: heads[tp] - 1 for tp in behind}, heads)
@@ -128,17 +132,37 @@ class Builder:
         while True:
             behind = [tp for tp in self.assigned
                       if self.projector.resume_offset(tp.partition) <= offsets.get(tp.partition, -1)]
+            passed = {tp.partition: offsets[tp.partition] + 1 for tp in behind
+                      if await self.consumer.position(tp) > offsets[tp.partition]}
+            if passed:  # read to the bound, which is a marker the live projection settled over
+                await self._settle(passed)
+                continue
             if not behind:
                 await self.tracker.count(0, 0, force=True)
                 return
             heads = {tp: offsets[tp.partition] + 1 for tp in behind}
             await self._step(behind, {tp.partition: offsets[tp.partition] for tp in behind}, heads)
 
+    async def _settle(self, positions: dict[int, int]) -> None:
+        """Move checkpoints over the transaction markers that end what was read, as the live worker does
+        when a partition is idle: a generation whose partition ends with a marker must reach the live
+        checkpoint that already covers it (`Projector.settle`, which reads the stretch to make sure)."""
+        try:
+            await self.projector.settle(positions, idle=0.0)
+        except Reseek as reseek:
+            for partition, offset in reseek.offsets.items():
+                self.consumer.seek(TopicPartition(self.topic, partition), offset)
+
     async def _step(self, behind: list[TopicPartition], last: Mapping[int, int],
                     heads: Mapping[TopicPartition, int]) -> None:
         batch = await self.consumer.getmany(*behind, timeout_ms=200, max_records=MAX_RECORDS)
-        records = [record for tp, tp_records in batch.items() for record in tp_records
-                   if record.offset <= last[tp.partition]]
+        records: list[LogRecord] = []
+        for tp, tp_records in batch.items():
+            records.extend(record for record in tp_records if record.offset <= last[tp.partition])
+            if tp_records and tp_records[-1].offset > last[tp.partition]:
+                # Records that arrived after ``last`` was read: left for the next step, so the consumer must
+                # read them again (a position past them would leave a gap the projector cannot see).
+                self.consumer.seek(tp, last[tp.partition] + 1)
         try:
             await self.projector.handle(records)
         except Reseek as reseek:

@@ -10,9 +10,10 @@
    and ``<live>_rebuild`` to ``<live>``; commit, unlock.
 4. The live worker's next batch gets the lock, then names its tables: its search_path (the live name)
    now finds the new schema. Renaming a schema invalidates every cached plan, asyncpg's prepared
-   statements included, so they are planned again against the new tables; the checkpoint the worker
-   finds is exactly the one it expects, so it carries on with no gap and no repeat. Gateways read
-   through the same name and see the new schema from their next statement.
+   statements included, so they are planned again against the new tables. The checkpoint the worker
+   finds is the one it expects, or one ahead of it when the rebuild had read further than the worker
+   (the new schema then holds what lies between, and the worker skips it): no gap and no repeat either
+   way. Gateways read through the same name and see the new schema from their next statement.
 5. After a grace period, the retired schema is dropped.
 
 Interrupted before the commit of 3, the live schema is untouched and ``<live>_rebuild`` keeps its own
@@ -32,6 +33,7 @@ from rich.progress import Progress
 
 from ams.settings import Settings
 from projections.dead_letters import DeadLetters
+from projections.log_reader import PartitionReader
 from projections.postgres import PostgresSink
 from projections.postgres_schema import BATCH_LOCK_EXCLUSIVE, BATCH_UNLOCK, check_schema
 from projections.projector import Projector
@@ -87,7 +89,8 @@ async def _build_and_swap(settings: Settings, admin: asyncpg.Connection, tracker
                           retired: str) -> None:
     sink = PostgresSink(settings.postgres_dsn, building, settings.partitions, projection=PROJECTION)
     dead_letters = DeadLetters(settings.kafka_bootstrap, settings.dlq_topic, settings.events_topic)
-    projector = Projector(sink, dead_letters, settings.default_tenant, label="postgres rebuild",
+    projector = Projector(sink, dead_letters, settings.default_tenant,
+                          PartitionReader(settings.kafka_bootstrap, settings.events_topic), label="postgres rebuild",
                           max_value_bytes=settings.max_value_bytes)
     consumer = await started_consumer(settings)
     try:

@@ -44,6 +44,7 @@ from projections.embeddings import decode_op
 from projections.faiss_feed import apply_batch, index_params
 from projections.faiss_files import drop_older, generation_path, newest_generation, rebuild_path
 from projections.faiss_view import FaissView
+from projections.log_reader import PartitionReader
 from projections.milvus_sink import MilvusSink
 from projections.milvus_store import MilvusStore
 from projections.projector import Projector
@@ -158,7 +159,8 @@ async def _rebuild_milvus(settings: Settings, tracker: Tracker, restart: bool) -
         sink = MilvusSink(settings, generation=building)
         topic = settings.embeddings_topic
         projector = Projector(sink, DeadLetters(settings.kafka_bootstrap, settings.dlq_topic, topic),
-                              settings.default_tenant, label="milvus rebuild", decoder=lambda r: decode_op(r.value))
+                              settings.default_tenant, PartitionReader(settings.kafka_bootstrap, topic),
+                              label="milvus rebuild", decoder=lambda r: decode_op(r.value))
         consumer = await started_consumer(settings)
         try:
             builder = Builder(projector, consumer, topic, settings.partitions, tracker)

@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ams.settings import Settings
 from projections.dead_letters import DeadLetters
+from projections.log_reader import PartitionReader
 from projections.projector import LogRecord, Projector, Reseek
 from projections.redis_kv import RedisSink
 from projections.redis_layout import RedisLayout
@@ -88,7 +89,8 @@ async def build(settings: Settings, generation: int, partitions: list[int], prog
     layout = RedisLayout(settings.redis_prefix)
     sink = RedisSink(settings.redis_url, layout, settings.partitions, building=generation)
     dead_letters = DeadLetters(settings.kafka_bootstrap, settings.dlq_topic, settings.events_topic)
-    projector = Projector(sink, dead_letters, settings.default_tenant, label="redis rebuild",
+    projector = Projector(sink, dead_letters, settings.default_tenant,
+                          PartitionReader(settings.kafka_bootstrap, settings.events_topic), label="redis rebuild",
                           max_value_bytes=settings.max_value_bytes)
     client = aioredis.from_url(settings.redis_url)
     switch = client.register_script(SWITCH)
@@ -104,6 +106,13 @@ async def build(settings: Settings, generation: int, partitions: list[int], prog
             position[tp] = projector.resume_offset(tp.partition)
             consumer.seek(tp, position[tp])
         pending: dict[TopicPartition, list[LogRecord]] = {tp: [] for tp in remaining}
+
+        def seek(reseek: Reseek) -> None:
+            for partition, offset in reseek.offsets.items():
+                tp = TopicPartition(settings.events_topic, partition)
+                consumer.seek(tp, offset)
+                position[tp] = offset
+
         heads: dict[TopicPartition, int] = {}
         polled = reported = 0.0
         while remaining:
@@ -126,15 +135,19 @@ async def build(settings: Settings, generation: int, partitions: list[int], prog
                 try:
                     await projector.handle(records)
                 except Reseek as reseek:
-                    for partition, offset in reseek.offsets.items():
-                        tp = TopicPartition(settings.events_topic, partition)
-                        consumer.seek(tp, offset)
-                        position[tp] = offset
+                    seek(reseek)
                 for tp in ready:
                     pending[tp] = []
                 progress.applied += len(records)
             elif not fetching:
-                # Caught up with the head last seen: switch each partition the live one is not ahead of.
+                # Caught up with the head last seen: over the markers that end the partitions (as the live
+                # worker does when idle, or the live checkpoint would stay ahead), then switch each partition
+                # the live one is not ahead of.
+                try:
+                    await projector.settle({tp.partition: position[tp] for tp in remaining}, idle=0.0)
+                except Reseek as reseek:
+                    seek(reseek)
+                    continue
                 for tp in sorted(remaining, key=lambda tp: tp.partition):
                     arguments = [generation, layout.prefix, tp.partition]
                     if await switch(keys=[layout.pointer(tp.partition)], args=arguments):

@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ams.settings import Settings
 from projections.dead_letters import DeadLetters
+from projections.log_reader import PartitionReader
 from projections.postgres import PostgresSink
 from projections.projector import Projector
 from projections.redis_layout import RedisLayout
@@ -49,6 +50,16 @@ async def postgres_checkpoints(settings: Settings, schema: str) -> dict[int, int
         return {}  # a worker that has not started yet has not created its schema
     finally:
         await connection.close()
+
+
+async def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    """The end of each partition of ``topic`` as readers of committed records see it (past its markers)."""
+    consumer = await started_consumer(settings)
+    try:
+        partitions = [TopicPartition(topic, partition) for partition in range(settings.partitions)]
+        return {tp.partition: offset for tp, offset in (await consumer.end_offsets(partitions)).items()}
+    finally:
+        await consumer.stop()
 
 
 async def last_offsets(settings: Settings, topic: str) -> dict[int, int]:
@@ -96,7 +107,9 @@ async def reference_postgres(settings: Settings, schema: str, through: dict[int,
     try:
         tracker = Tracker(RebuildState(f"reference-{schema}", 0), redis, RedisLayout(settings.redis_prefix),
                           progress_display(quiet=True))
-        projector = Projector(sink, dead_letters, settings.default_tenant, max_value_bytes=settings.max_value_bytes)
+        projector = Projector(sink, dead_letters, settings.default_tenant,
+                              PartitionReader(settings.kafka_bootstrap, settings.events_topic),
+                              max_value_bytes=settings.max_value_bytes)
         builder = Builder(projector, consumer, settings.events_topic,
                           settings.partitions, tracker)
         await builder.start()

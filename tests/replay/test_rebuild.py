@@ -12,8 +12,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from ams.settings import Settings
+from projections.redis_kv import RedisSink
 from projections.redis_layout import RedisLayout
 from replay.rebuild import read_state, rebuild_redis
+from tests.replay.digests import end_offsets
 from tests.support import fold_log_for, redis_records
 
 pytestmark = pytest.mark.stack
@@ -123,3 +125,24 @@ async def test_a_rebuild_rebuilds_the_command_indexes_and_stream_records(
     assert retried.json()["status"] == "duplicate", retried.text
     again = await api.post("/v1/streams/run", json=1, headers={"Idempotency-Key": "step-1"})
     assert again.json()["status"] == "duplicate", again.text
+
+
+async def test_a_log_ending_in_commit_markers_is_rebuilt_over_them(
+    api: httpx.AsyncClient, settings: Settings, tenant: str
+) -> None:
+    """A batch is a transaction, so partitions end with its commit marker, which the live worker moves its
+    checkpoint over once idle: the new generation must reach that checkpoint too, or it never switches."""
+    batch = {"operations": [{"op": "put", "key": f"b{n}", "value": n} for n in range(24)]}
+    assert (await api.post("/v1/batch", json=batch)).status_code == 200
+    live = RedisSink(settings.redis_url, RedisLayout(settings.redis_prefix), settings.partitions)
+    try:
+        async with asyncio.timeout(30):  # the live worker settles idle partitions over their markers
+            while (await live.checkpoints()) != {p: head - 1 for p, head in
+                                                 (await end_offsets(settings, settings.events_topic)).items() if head}:
+                await asyncio.sleep(0.2)
+    finally:
+        await live.close()
+    async with asyncio.timeout(120):
+        assert (await rebuild_redis(settings, quiet=True)).state == "done"
+    expected = {key: record for key, record in (await fold_log_for(settings, tenant)).items() if record is not None}
+    assert await redis_records(settings, tenant) == expected

@@ -10,12 +10,12 @@ from typing import Any
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ams.namespaces import ALL_TENANTS, sandbox
 from ams.settings import Settings
 from replay.sandboxes import create_sandbox, drop_sandbox
 from tests.conftest import token_for
+from tests.replay.digests import end_offsets
 from tests.replay.test_sandboxes import admin, make_sandbox
 from tests.support import topic_exists
 from tests.vector_support import put_all, search
@@ -34,16 +34,6 @@ async def sandbox_search(api: httpx.AsyncClient, headers: dict[str, str], **body
     assert response.status_code == 200, response.text
     results: list[dict[str, Any]] = response.json()
     return results
-
-
-async def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(topic, partition) for partition in range(settings.partitions)]
-        return {tp.partition: offset for tp, offset in (await consumer.end_offsets(partitions)).items()}
-    finally:
-        await consumer.stop()
 
 
 async def redis_keys(settings: Settings, prefix: str) -> list[bytes]:
