@@ -36,6 +36,7 @@ from replay.rebuild import RebuildState, save_state
 console = Console()
 REPORT_SECONDS = 1.0
 MAX_RECORDS = 20_000
+CLOSE_TO_HEAD = 1_000  # a pass to the head that applied at most this many events ends `Builder.to_head`
 
 
 def progress_display(*, quiet: bool) -> Progress:
@@ -113,17 +114,24 @@ class Builder:
             self.consumer.seek(tp, self.projector.resume_offset(tp.partition))
 
     async def to_head(self) -> None:
-        """Apply the log up to its head, and again up to the head it has then, until nothing is left."""
+        """Apply the log up to the head it has, then up to the head it has by then, and so on until a pass
+        has little left to do. New writes keep coming: a rebuild gets close to the head this way, and its
+        caller's last step applies exactly up to a bound (the live projection's checkpoints)."""
         self._seek_to_checkpoints()
         while True:
             heads = await self.consumer.end_offsets(self.assigned)
-            positions = {tp: await self.consumer.position(tp) for tp in self.assigned}
-            behind = [tp for tp in self.assigned if positions[tp] < heads[tp]]
-            if not behind:
-                await self._settle({tp.partition: position for tp, position in positions.items()})
-                await self.tracker.count(0, 0, force=True)
-                return
-            await self._step(behind, {tp.partition: heads[tp] - 1 for tp in behind}, heads)
+            if await self._up_to(heads) <= CLOSE_TO_HEAD:
+                break
+        positions = {tp.partition: await self.consumer.position(tp) for tp in self.assigned}
+        await self._settle(positions)
+        await self.tracker.count(0, 0, force=True)
+
+    async def _up_to(self, ends: Mapping[TopicPartition, int]) -> int:
+        """Apply every record before ``ends``; return how many there were."""
+        applied = 0
+        while behind := [tp for tp in self.assigned if await self.consumer.position(tp) < ends[tp]]:
+            applied += await self._step(behind, {tp.partition: ends[tp] - 1 for tp in behind}, ends)
+        return applied
 
     async def through(self, offsets: Mapping[int, int]) -> None:
         """Apply the log exactly up to ``offsets`` (inclusive, per partition): the last applied offsets of
@@ -154,7 +162,8 @@ class Builder:
                 self.consumer.seek(TopicPartition(self.topic, partition), offset)
 
     async def _step(self, behind: list[TopicPartition], last: Mapping[int, int],
-                    heads: Mapping[TopicPartition, int]) -> None:
+                    heads: Mapping[TopicPartition, int]) -> int:
+        """One fetch of the partitions ``behind``, applied up to ``last`` (per partition); returns how many."""
         batch = await self.consumer.getmany(*behind, timeout_ms=200, max_records=MAX_RECORDS)
         records: list[LogRecord] = []
         for tp, tp_records in batch.items():
@@ -170,3 +179,4 @@ class Builder:
                 self.consumer.seek(TopicPartition(self.topic, partition), offset)
         remaining = sum(max(0, heads[tp] - self.projector.resume_offset(tp.partition)) for tp in behind)
         await self.tracker.count(len(records), remaining)
+        return len(records)

@@ -15,10 +15,12 @@ brings it to what its serving view holds and swaps it in (`projections.faiss_fee
 generation's file is deleted.
 
 Milvus (generation N+1 collections, `projections.milvus_store`): filled from offset 0 by the same
-`Projector` and `MilvusSink` the live worker runs. When its checkpoints have reached the live
-generation's, the alias ``ams_live`` is pointed at it: one atomic step. The live worker's next batch
-finds the new generation (it looks once per batch) and resumes from its checkpoint; gateways follow
-within half a second; after a grace period the retired generation's collections are dropped.
+`Projector` and `MilvusSink` the live worker runs, to the head and then exactly to the live generation's
+checkpoints; then the alias ``ams_live`` is pointed at it: one atomic step. The live worker's next batch
+finds the new generation (it looks once per batch): level with it, it carries on; behind it (the worker
+applied more before the switch), it catches the new generation up from the log first (`MilvusSink`).
+Gateways follow within half a second; readers holding a position wait for the new generation to reach
+it, as for any view. After a grace period the retired generation's collections are dropped.
 
 Milvus Lite (the pure-Python engine, 3.x) supports aliases like a Milvus server (create_alias,
 alter_alias, describe_alias; tests/replay/test_rebuild_vectors.py checks it), so the same switch works on
@@ -166,11 +168,11 @@ async def _rebuild_milvus(settings: Settings, tracker: Tracker, restart: bool) -
             builder = Builder(projector, consumer, topic, settings.partitions, tracker)
             await builder.start()
             tracker.describe(f"building Milvus generation {building}")
-            while True:
-                await builder.to_head()
-                current = await asyncio.to_thread(admin.checkpoints)
-                if all(projector.checkpoints.get(p, -1) >= offset for p, (offset, _) in current.items()):
-                    break  # holds at least what the live generation does: switch
+            await builder.to_head()
+            # Then exactly what the live worker has applied meanwhile: a bound, where waiting to be level
+            # with a live worker that keeps applying new writes could go on for ever.
+            live_checkpoints = await asyncio.to_thread(admin.checkpoints)
+            await builder.through({partition: offset for partition, (offset, _) in live_checkpoints.items()})
             await asyncio.to_thread(sink.store.switch_live)
             tracker.state.switched = list(range(settings.partitions))
         finally:
