@@ -18,6 +18,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import orjson
 import redis.asyncio as aioredis
@@ -41,6 +42,9 @@ OUTCOME_TTL_SECONDS = 600
 # Records this writer wrote, so the next batch need not read them back (see RecordCache).
 CACHE_RECORDS = 200_000
 CACHE_SECONDS = 600.0
+# A rebuild writes what it folded once this many records are waiting (and when caught up): a bound on its
+# memory, large enough that most keys are written once.
+UNWRITTEN_RECORDS = 50_000
 
 # (partition the key routes to, tenant, key); a stream's "key" is its name after the stream mark, which is
 # in no key's grammar, so a stream and a key of the same name are different records.
@@ -198,6 +202,18 @@ class RecordCache:
         self.complete = False
 
 
+@dataclass
+class Unwritten:
+    """What a rebuild folded for one partition and has not written yet (`RedisSink._defer`)."""
+
+    durable: int  # the partition's checkpoint in Redis
+    through: int  # its checkpoint once this is written
+    records: dict[Address, Record] = field(default_factory=dict)
+    rejected: list[tuple[int, Outcome]] = field(default_factory=list)
+    forgotten: list[tuple[Address, Remembered]] = field(default_factory=list)
+    index: dict[Address, dict[str, Remembered]] = field(default_factory=dict)  # ``forgotten``, by key
+
+
 class GenerationRetired(RuntimeError):
     """A rebuild's generation was overtaken by a newer live generation; the rebuild must stop."""
 
@@ -218,6 +234,7 @@ class RedisSink(ProjectionSink):
         self.generations: dict[int, int] = {partition: building or 0 for partition in range(partitions)}
         self.wait_replicas, self.wait_timeout_ms = wait_replicas, wait_timeout_ms
         self.cache = RecordCache()
+        self.unwritten: dict[int, Unwritten] = {}  # a rebuild's folded batches not yet written, per partition
         self._script = self.client.register_script(APPLY_BATCH)
         self._part = self.client.register_script(APPLY_PART)
 
@@ -258,7 +275,7 @@ class RedisSink(ProjectionSink):
             self.generations = {p: int(value or 0) for p, value in enumerate(pointers)}
 
     async def checkpoints(self) -> dict[int, int]:
-        self.cache.clear()  # whoever asks is about to resume from what Redis says, not from memory
+        self.cache.clear()  # whoever asks is about to resume from what the store says, not from this cache
         await self.refresh_generations()
         values = await self.client.mget([self.layout_of(p).checkpoint(p) for p in range(self.partitions)])
         found = {partition: int(value) for partition, value in enumerate(values) if value is not None}
@@ -270,6 +287,9 @@ class RedisSink(ProjectionSink):
                                                         + "*", count=1000):
                     await self.client.unlink(name)
                 found.pop(partition, None)
+                self.unwritten.pop(partition, None)
+        # What this sink folded and holds in memory counts: it is written before anything reads it.
+        found.update((partition, unwritten.through) for partition, unwritten in self.unwritten.items())
         # A rebuild starting an empty generation: nothing is there that this sink will not have written.
         self.cache.complete = self.building is not None and not found
         return found
@@ -296,9 +316,51 @@ class RedisSink(ProjectionSink):
                     forgotten.append((address, outcome.forgotten))
             else:
                 rejected.append((item.offset, outcome))
+        if self.building is not None:
+            await self._defer(partition, through, expected, touched, rejected, forgotten)
+            return outcomes
         if self._carries_effects:  # the effect on keys: streams carry none
             keys_touched = {address: record for address, record in touched.items() if not _is_stream(address)}
             await self.before_commit(partition, through, before, keys_touched)
+        await self._write(partition, through, expected, touched, rejected, forgotten)
+        return outcomes
+
+    async def _defer(
+        self, partition: int, through: int, expected: int, touched: dict[Address, Record],
+        rejected: list[tuple[int, Outcome]], forgotten: list[tuple[Address, Remembered]],
+    ) -> None:
+        """A rebuild keeps what it folded in memory and writes it in one go once ``UNWRITTEN_RECORDS`` records
+        have piled up, or when asked (`flush`): a key updated many times in between is written once, and
+        nobody reads the generation before it is switched in."""
+        unwritten = self.unwritten.get(partition)
+        if unwritten is None:
+            unwritten = self.unwritten[partition] = Unwritten(durable=expected, through=expected)
+        if expected != unwritten.through:
+            raise CheckpointMoved(partition, expected, unwritten.through, " (in what this rebuild has not written)")
+        unwritten.through = through
+        unwritten.records.update(touched)
+        unwritten.rejected += rejected
+        unwritten.forgotten += forgotten
+        for address, entry in forgotten:
+            unwritten.index.setdefault(address, {})[entry[0]] = entry
+        self.cache.put_many(touched.items())
+        if len(unwritten.records) >= UNWRITTEN_RECORDS:
+            await self.flush(partition)
+
+    async def flush(self, partition: int) -> None:
+        """Write what a rebuild folded for ``partition`` and has not written yet, with its checkpoint."""
+        unwritten = self.unwritten.get(partition)
+        if unwritten is None:
+            return
+        if unwritten.through != unwritten.durable:  # kept until written: a failed write is tried again later
+            await self._write(partition, unwritten.through, unwritten.durable, unwritten.records, unwritten.rejected,
+                              unwritten.forgotten)
+        del self.unwritten[partition]
+
+    async def _write(
+        self, partition: int, through: int, expected: int, touched: dict[Address, Record],
+        rejected: list[tuple[int, Outcome]], forgotten: list[tuple[Address, Remembered]],
+    ) -> None:
         layout = self.layout_of(partition)
         keys = [layout.checkpoint(partition), layout.pointer(partition), layout.unfinished(partition)]
         args: list[str | int] = [expected, through, layout.applied_channel, partition, layout.generation]
@@ -329,7 +391,6 @@ class RedisSink(ProjectionSink):
         self.cache.put_many(touched.items())
         if self.wait_replicas:
             await self._wait_for_replicas(partition, through)
-        return outcomes
 
     async def _wait_for_replicas(self, partition: int, through: int) -> None:
         acknowledged = await self.client.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
@@ -388,6 +449,8 @@ class RedisSink(ProjectionSink):
         lookups: dict[Address, list[str]] = {}
         for address, ids in wanted.items():
             cached, record = self.cache.get(address)
+            if not cached and self.unwritten:
+                cached, record = self._unwritten_record(address)
             if cached:
                 records[address] = record
                 if consults_index(record) and ids:
@@ -408,7 +471,17 @@ class RedisSink(ProjectionSink):
             for address, ids in lookups.items():
                 index[address] = {command_id: decode_remembered(command_id, raw)
                                   for command_id, raw in zip(ids, next(results), strict=True) if raw is not None}
+        for unwritten in self.unwritten.values():  # command ids forgotten in what a rebuild has not written
+            for address in lookups.keys() & unwritten.index.keys():
+                index.setdefault(address, {}).update(unwritten.index[address])
         return records, index
+
+    def _unwritten_record(self, address: Address) -> tuple[bool, Record | None]:
+        for unwritten in self.unwritten.values():
+            record = unwritten.records.get(address)
+            if record is not None:
+                return True, record
+        return False, None
 
     def _operations(
         self, partition: int, touched: dict[Address, Record], rejected: list[tuple[int, Outcome]],

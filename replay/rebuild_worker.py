@@ -4,8 +4,9 @@
 and folding run in parallel) and shows their combined progress. A worker uses the same `Projector` and
 `RedisSink` as the live worker, with two differences that make it fast:
 
-- It folds a partition's events in memory for up to ``WINDOW`` events before it writes, so a key updated
-  many times in that window is written once (the new generation is read by nobody until it is switched).
+- Its sink folds events in memory and writes only when many records are waiting or the partition is
+  caught up (`RedisSink.flush`), so a key updated many times in between is written once (the new
+  generation is read by nobody until it is switched).
 - The sink knows the generation starts empty, so it never reads a record back from Redis.
 
 A worker whose coordinator died stops at once, so a killed rebuild never keeps writing behind an operator.
@@ -30,7 +31,7 @@ from projections.projector import LogRecord, Projector, Reseek
 from projections.redis_kv import RedisSink
 from projections.redis_layout import RedisLayout
 
-WINDOW = 50_000  # events of one partition folded in memory before they are written, in one atomic step
+WINDOW = 10_000  # records of one partition fetched before they are handed to the projector together
 POLL_SECONDS = 1.0
 REPORT_SECONDS = 0.25
 
@@ -141,13 +142,15 @@ async def build(settings: Settings, generation: int, partitions: list[int], prog
                 progress.applied += len(records)
             elif not fetching:
                 # Caught up with the head last seen: over the markers that end the partitions (as the live
-                # worker does when idle, or the live checkpoint would stay ahead), then switch each partition
-                # the live one is not ahead of.
+                # worker does when idle, or the live checkpoint would stay ahead), write everything, then
+                # switch each partition the live one is not ahead of.
                 try:
                     await projector.settle({tp.partition: position[tp] for tp in remaining}, idle=0.0)
                 except Reseek as reseek:
                     seek(reseek)
                     continue
+                for tp in remaining:
+                    await sink.flush(tp.partition)  # what the sink folded and has not written yet
                 for tp in sorted(remaining, key=lambda tp: tp.partition):
                     arguments = [generation, layout.prefix, tp.partition]
                     if await switch(keys=[layout.pointer(tp.partition)], args=arguments):

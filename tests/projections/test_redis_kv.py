@@ -14,6 +14,7 @@ import redis
 
 from ams.settings import get_settings
 from commands.envelope import PUT, Event, now_ms
+from commands.fold import MAX_REMEMBERED_COMMANDS, Status
 from commands.keys import kafka_key, partition_for
 from projections.redis_kv import PART_RECORDS, RedisSink
 from projections.redis_layout import RedisLayout
@@ -90,6 +91,7 @@ async def test_a_rebuild_writes_a_big_batch_in_parts_and_all_of_it_lands(tenant:
         await sink.checkpoints()
         home, events = one_partition_batch(sink, tenant, PART_RECORDS * 2 + 10)
         await sink.apply(home, events, len(events) - 1, -1)
+        await sink.flush(home)
         again = RedisSink(settings.redis_url, layout, settings.partitions, building=1)
         assert (await again.checkpoints())[home] == len(events) - 1  # finished: nothing to start over
         built = await again.records(tenant)  # generation 1, the one being built
@@ -109,13 +111,15 @@ async def test_a_rebuild_interrupted_between_the_parts_of_a_batch_starts_that_pa
         await sink.checkpoints()
         home, events = one_partition_batch(sink, tenant, PART_RECORDS + 10)
         await sink.apply(home, events[:5], 4, -1)  # a first batch that completes
+        await sink.flush(home)
 
         async def killed(**_: Any) -> None:
             raise ConnectionError("the rebuild died before the batch's last part")
 
         sink._script = killed  # type: ignore[assignment]
+        await sink.apply(home, events[5:], len(events) - 1, 4)
         with pytest.raises(ConnectionError):
-            await sink.apply(home, events[5:], len(events) - 1, 4)
+            await sink.flush(home)
         part = layout.at(1).partition_prefix(home)
         assert len([name async for name in sink.client.scan_iter(match=part + "*")]) > PART_RECORDS
 
@@ -123,6 +127,37 @@ async def test_a_rebuild_interrupted_between_the_parts_of_a_batch_starts_that_pa
         assert home not in await resumed.checkpoints()  # the partition holds records beyond its checkpoint
         assert [name async for name in sink.client.scan_iter(match=part + "*")] == []
         await resumed.close()
+    finally:
+        await sink.drop()
+        await sink.close()
+
+
+async def test_a_rebuild_writes_what_it_folded_when_flushed_and_remembers_it_meanwhile(tenant: str) -> None:
+    """Batches of a rebuild are folded in memory until `flush`: Redis holds nothing of them before, the next
+    batches fold over them (records and forgotten command ids alike), and each key is written once."""
+    settings = get_settings()
+    layout = RedisLayout(f"test-{uuid.uuid4().hex[:8]}")
+    sink = RedisSink(settings.redis_url, layout, settings.partitions, building=1)
+    try:
+        await sink.checkpoints()
+        home = partition_for(kafka_key(tenant, "k"), sink.partitions)
+        ts = now_ms()
+        puts = [Positioned(Event(PUT, tenant, "k", n, ts=ts + n, command_id=f"c{n}"), n, True)
+                for n in range(MAX_REMEMBERED_COMMANDS + 1)]  # the record lets command c0 go
+        await sink.apply(home, puts, len(puts) - 1, -1)
+        assert await sink.client.get(layout.at(1).checkpoint(home)) is None
+        assert await sink.client.exists(layout.at(1).record(home, tenant, "k")) == 0
+
+        retried = Positioned(Event(PUT, tenant, "k", "again", ts=ts + 100, command_id="c0"), len(puts), True)
+        [outcome] = await sink.apply(home, [retried], len(puts), len(puts) - 1)
+        assert outcome is not None and outcome.status is Status.DUPLICATE
+        await sink.flush(home)
+
+        again = RedisSink(settings.redis_url, layout, settings.partitions, building=1)
+        assert (await again.checkpoints())[home] == len(puts)
+        assert (await again.records(tenant))["k"].value == MAX_REMEMBERED_COMMANDS
+        assert await sink.client.hexists(layout.at(1).commands(home, tenant, "k"), "c0")
+        await again.close()
     finally:
         await sink.drop()
         await sink.close()
