@@ -26,8 +26,7 @@ def fault_seed() -> int:
         raise pytest.UsageError(f"AMS_FAULT_SEED={raw!r} is not a whole number") from None
 
 
-@pytest.fixture(scope="session")
-def fault_seconds() -> float | None:
+def configured_seconds() -> float | None:
     """AMS_FAULT_SECONDS: how long each scenario's workload runs (the short default when unset)."""
     raw = os.environ.get("AMS_FAULT_SECONDS")
     if raw is None:
@@ -36,6 +35,20 @@ def fault_seconds() -> float | None:
         return float(raw)
     except ValueError:
         raise pytest.UsageError(f"AMS_FAULT_SECONDS={raw!r} is not a number of seconds") from None
+
+
+@pytest.fixture(scope="session")
+def fault_seconds() -> float | None:
+    return configured_seconds()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A long run (AMS_FAULT_SECONDS) gets that long plus the usual per-test timeout (pyproject.toml)."""
+    seconds = configured_seconds()
+    if seconds is not None:
+        for item in items:
+            if item.get_closest_marker("faults"):
+                item.add_marker(pytest.mark.timeout(seconds + 600))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
