@@ -11,6 +11,7 @@ is never delivered as a record.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -144,6 +145,8 @@ class Builder:
                       if await self.consumer.position(tp) > offsets[tp.partition]}
             if passed:  # read to the bound, which is a marker the live projection settled over
                 await self._settle(passed)
+                if all(self.projector.resume_offset(partition) < end for partition, end in passed.items()):
+                    await asyncio.sleep(0.2)  # the stretch could not be read (logged): try again shortly
                 continue
             if not behind:
                 await self.tracker.count(0, 0, force=True)
