@@ -11,15 +11,24 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import redis.asyncio as aioredis
 from aiokafka import TopicPartition
 
 from ams.settings import Settings
 from commands.envelope import now_ms
+from projections.dead_letters import DeadLetters
+from projections.embeddings import decode_op
 from projections.faiss_feed import apply_batch, index_params
 from projections.faiss_files import newest_generation, published, snapshot_path
 from projections.faiss_view import FaissView
+from projections.log_reader import PartitionReader
+from projections.milvus_sink import MilvusSink
 from projections.milvus_store import LIVE_ALIAS, MilvusStore, checkpoints_name
-from replay.catch_up import started_consumer
+from projections.projector import Projector
+from projections.redis_layout import RedisLayout
+from projections.worker import web_port
+from replay.catch_up import Builder, Tracker, progress_display, started_consumer
+from replay.rebuild import RebuildState
 from replay.rebuild_vectors import rebuild_vectors
 from tests.conftest import token_for
 from tests.vector_support import merge_tokens, put_all, search
@@ -183,3 +192,54 @@ async def test_a_vectors_rebuild_killed_midway_leaves_live_searches_correct_and_
         store.close()
     await wait_both(api, token, EXPECTED)
     assert milvus_digest(settings, tenant).keys() >= EXPECTED
+
+
+async def milvus_recoveries(settings: Settings) -> float:
+    """How many partitions the live Milvus worker has caught up from the log (its Prometheus counter)."""
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"http://127.0.0.1:{web_port(settings, 'milvus')}/metrics")).text
+    counter = 'ams_projection_recoveries_total{projection="milvus"} '
+    return sum(float(line.removeprefix(counter)) for line in text.splitlines() if line.startswith(counter))
+
+
+async def test_a_milvus_generation_switched_in_behind_the_live_worker_is_caught_up_from_the_log(
+    api: httpx.AsyncClient, settings: Settings, tenant: str
+) -> None:
+    """The live worker may apply more between a rebuild's last step and its switch: the new generation is
+    then behind it, and the worker catches it up from the log (`MilvusSink`), with no search missing a write."""
+    token = await vector_history(api)
+    await asyncio.sleep(1.1)
+    await wait_both(api, token, EXPECTED)
+    before = await asyncio.to_thread(milvus_digest, settings, tenant)
+    store = MilvusStore(settings.milvus_endpoint)
+    live = store.live_generation()
+    sink = MilvusSink(settings, generation=live + 1)
+    topic = settings.embeddings_topic
+    letters = DeadLetters(settings.kafka_bootstrap, settings.dlq_topic, topic)
+    projector = Projector(sink, letters, settings.default_tenant, PartitionReader(settings.kafka_bootstrap, topic),
+                          label="milvus rebuild", decoder=lambda record: decode_op(record.value))
+    consumer = await started_consumer(settings)
+    redis = aioredis.from_url(settings.redis_url)
+    try:
+        layout = RedisLayout(f"test-{tenant}")
+        builder = Builder(projector, consumer, topic, settings.partitions,
+                          Tracker(RebuildState("behind", live + 1), redis, layout, progress_display(quiet=True)))
+        await builder.start()
+        # The tenant's own writes are the last ones of their partitions: stop two operations short of them.
+        live_checkpoints = await asyncio.to_thread(store.checkpoints)
+        await builder.through({partition: offset - 2 for partition, (offset, _) in live_checkpoints.items()})
+        recovered = await milvus_recoveries(settings)
+        await asyncio.to_thread(sink.store.switch_live)
+
+        after = merge_tokens(token, await put_all(api, {"after": {"embedding": [1.0, 0.0, 0.0]}}))
+        await wait_both(api, after, EXPECTED | {"after"})
+        caught_up = await asyncio.to_thread(milvus_digest, settings, tenant)
+        assert {key: row for key, row in caught_up.items() if key != "after"} == before
+        assert await milvus_recoveries(settings) > recovered  # the worker caught the new generation up
+    finally:
+        await consumer.stop()
+        await letters.close()
+        await sink.close()
+        await redis.aclose()
+        await asyncio.to_thread(store.drop_generation, live)
+        store.close()
