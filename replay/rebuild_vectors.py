@@ -149,6 +149,14 @@ async def _wait_for_adoption(published: os.PathLike[str]) -> bool:
     return False
 
 
+def milvus_projector(settings: Settings, sink: MilvusSink) -> Projector:
+    """The live Milvus worker's projector, over a sink that writes a generation being built."""
+    topic = settings.embeddings_topic
+    return Projector(sink, DeadLetters(settings.kafka_bootstrap, settings.dlq_topic, topic), settings.default_tenant,
+                     PartitionReader(settings.kafka_bootstrap, topic), label="milvus rebuild",
+                     decoder=lambda record: decode_op(record.value))
+
+
 async def _rebuild_milvus(settings: Settings, tracker: Tracker, restart: bool) -> None:
     admin = await asyncio.to_thread(MilvusStore, settings.milvus_endpoint)
     try:
@@ -159,10 +167,8 @@ async def _rebuild_milvus(settings: Settings, tracker: Tracker, restart: bool) -
             if leftover not in (live, building) or (restart and leftover == building):
                 await asyncio.to_thread(admin.drop_generation, leftover)
         sink = MilvusSink(settings, generation=building)
+        projector = milvus_projector(settings, sink)
         topic = settings.embeddings_topic
-        projector = Projector(sink, DeadLetters(settings.kafka_bootstrap, settings.dlq_topic, topic),
-                              settings.default_tenant, PartitionReader(settings.kafka_bootstrap, topic),
-                              label="milvus rebuild", decoder=lambda r: decode_op(r.value))
         consumer = await started_consumer(settings)
         try:
             builder = Builder(projector, consumer, topic, settings.partitions, tracker)

@@ -6,6 +6,7 @@ Real Kafka (a topic of its own) and real Redis (a namespace of its own).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
@@ -28,27 +29,22 @@ pytestmark = pytest.mark.stack
 RECORDS = 10
 
 
-@pytest.fixture
-async def topic(settings: Settings, tenant: str) -> AsyncIterator[str]:
+@contextlib.asynccontextmanager
+async def one_partition_topic(settings: Settings) -> AsyncIterator[str]:
     name = f"ams.test.{uuid.uuid4().hex[:8]}"
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(name, 1, 1)])
-        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
-        await producer.start()
-        try:
-            for n in range(RECORDS):
-                await producer.send_and_wait(name, encode(Event(PUT, tenant, f"k{n}", n, ts=now_ms())), partition=0)
-        finally:
-            await producer.stop()
         yield name
         await admin.delete_topics([name])
     finally:
         await admin.close()
 
 
-async def test_records_fetched_past_the_bound_are_read_again_not_skipped(settings: Settings, topic: str) -> None:
+@contextlib.asynccontextmanager
+async def started_builder(settings: Settings, topic: str) -> AsyncIterator[Builder]:
+    """A started `Builder` of ``topic`` into a Redis namespace of its own."""
     layout = RedisLayout(f"test-{uuid.uuid4().hex[:8]}")
     sink = RedisSink(settings.redis_url, layout, partitions=1)
     letters = DeadLetters(settings.kafka_bootstrap, settings.dlq_topic, topic)
@@ -59,14 +55,7 @@ async def test_records_fetched_past_the_bound_are_read_again_not_skipped(setting
         tracker = Tracker(RebuildState("catch-up test", 0), redis, layout, progress_display(quiet=True))
         builder = Builder(projector, consumer, topic, 1, tracker)
         await builder.start()
-
-        await builder.through({0: 3})  # one fetch brings all ten records; six are past the bound
-        assert projector.checkpoints[0] == 3
-        assert await consumer.position(TopicPartition(topic, 0)) == 4  # not past what was applied
-
-        await builder.to_head()
-        assert projector.checkpoints[0] == RECORDS - 1
-        assert tracker.state.applied == RECORDS
+        yield builder
     finally:
         await consumer.stop()
         await letters.close()
@@ -75,13 +64,33 @@ async def test_records_fetched_past_the_bound_are_read_again_not_skipped(setting
 
 
 @pytest.fixture
+async def topic(settings: Settings, tenant: str) -> AsyncIterator[str]:
+    async with one_partition_topic(settings) as name:
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+        await producer.start()
+        try:
+            for n in range(RECORDS):
+                await producer.send_and_wait(name, encode(Event(PUT, tenant, f"k{n}", n, ts=now_ms())), partition=0)
+        finally:
+            await producer.stop()
+        yield name
+
+
+async def test_records_fetched_past_the_bound_are_read_again_not_skipped(settings: Settings, topic: str) -> None:
+    async with started_builder(settings, topic) as builder:
+        await builder.through({0: 3})  # one fetch brings all ten records; six are past the bound
+        assert builder.projector.checkpoints[0] == 3
+        assert await builder.consumer.position(TopicPartition(topic, 0)) == 4  # not past what was applied
+
+        await builder.to_head()
+        assert builder.projector.checkpoints[0] == RECORDS - 1
+        assert builder.tracker.state.applied == RECORDS
+
+
+@pytest.fixture
 async def transactional_topic(settings: Settings, tenant: str) -> AsyncIterator[str]:
     """Three records written in one transaction: offsets 0 to 2, and its commit marker at offset 3."""
-    name = f"ams.test.{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, 1, 1)])
+    async with one_partition_topic(settings) as name:
         producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, transactional_id=name)
         await producer.start()
         try:
@@ -99,9 +108,6 @@ async def transactional_topic(settings: Settings, tenant: str) -> AsyncIterator[
         finally:
             await consumer.stop()
         yield name
-        await admin.delete_topics([name])
-    finally:
-        await admin.close()
 
 
 @pytest.mark.parametrize("catch_up", ["to_head", "through the marker"])
@@ -110,27 +116,12 @@ async def test_a_partition_ending_with_a_transaction_marker_is_caught_up_over_it
 ) -> None:
     """The live worker settles its checkpoint over a trailing marker when idle; a new generation must reach
     that checkpoint too, or a rebuild waiting for it would wait forever."""
-    layout = RedisLayout(f"test-{uuid.uuid4().hex[:8]}")
-    sink = RedisSink(settings.redis_url, layout, partitions=1)
-    letters = DeadLetters(settings.kafka_bootstrap, settings.dlq_topic, transactional_topic)
-    consumer = await started_consumer(settings)
-    redis = aioredis.from_url(settings.redis_url)
-    try:
-        projector = Projector(sink, letters, settings.default_tenant,
-                              PartitionReader(settings.kafka_bootstrap, transactional_topic))
-        tracker = Tracker(RebuildState("catch-up test", 0), redis, layout, progress_display(quiet=True))
-        builder = Builder(projector, consumer, transactional_topic, 1, tracker)
-        await builder.start()
+    async with started_builder(settings, transactional_topic) as builder:
         async with asyncio.timeout(30):
             if catch_up == "to_head":
                 await builder.to_head()
             else:
                 await builder.through({0: 3})
-        assert projector.checkpoints[0] == 3
-        assert (await sink.checkpoints())[0] == 3
-        assert tracker.state.applied == 3
-    finally:
-        await consumer.stop()
-        await letters.close()
-        await sink.close()
-        await redis.aclose()
+        assert builder.projector.checkpoints[0] == 3
+        assert (await builder.projector.sink.checkpoints())[0] == 3
+        assert builder.tracker.state.applied == 3

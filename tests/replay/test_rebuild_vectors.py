@@ -16,20 +16,16 @@ from aiokafka import TopicPartition
 
 from ams.settings import Settings
 from commands.envelope import now_ms
-from projections.dead_letters import DeadLetters
-from projections.embeddings import decode_op
 from projections.faiss_feed import apply_batch, index_params
 from projections.faiss_files import newest_generation, published, snapshot_path
 from projections.faiss_view import FaissView
-from projections.log_reader import PartitionReader
 from projections.milvus_sink import MilvusSink
 from projections.milvus_store import LIVE_ALIAS, MilvusStore, checkpoints_name
-from projections.projector import Projector
 from projections.redis_layout import RedisLayout
 from projections.worker import web_port
 from replay.catch_up import Builder, Tracker, progress_display, started_consumer
 from replay.rebuild import RebuildState
-from replay.rebuild_vectors import rebuild_vectors
+from replay.rebuild_vectors import milvus_projector, rebuild_vectors
 from tests.conftest import token_for
 from tests.vector_support import merge_tokens, put_all, search
 
@@ -214,15 +210,12 @@ async def test_a_milvus_generation_switched_in_behind_the_live_worker_is_caught_
     store = MilvusStore(settings.milvus_endpoint)
     live = store.live_generation()
     sink = MilvusSink(settings, generation=live + 1)
-    topic = settings.embeddings_topic
-    letters = DeadLetters(settings.kafka_bootstrap, settings.dlq_topic, topic)
-    projector = Projector(sink, letters, settings.default_tenant, PartitionReader(settings.kafka_bootstrap, topic),
-                          label="milvus rebuild", decoder=lambda record: decode_op(record.value))
+    projector = milvus_projector(settings, sink)
     consumer = await started_consumer(settings)
     redis = aioredis.from_url(settings.redis_url)
     try:
         layout = RedisLayout(f"test-{tenant}")
-        builder = Builder(projector, consumer, topic, settings.partitions,
+        builder = Builder(projector, consumer, settings.embeddings_topic, settings.partitions,
                           Tracker(RebuildState("behind", live + 1), redis, layout, progress_display(quiet=True)))
         await builder.start()
         # The tenant's own writes are the last ones of their partitions: stop two operations short of them.
@@ -238,7 +231,7 @@ async def test_a_milvus_generation_switched_in_behind_the_live_worker_is_caught_
         assert await milvus_recoveries(settings) > recovered  # the worker caught the new generation up
     finally:
         await consumer.stop()
-        await letters.close()
+        await projector.dead_letters.close()
         await sink.close()
         await redis.aclose()
         await asyncio.to_thread(store.drop_generation, live)
