@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping, Sequence
-from typing import ClassVar, Generic, NamedTuple, TypeVar
+from typing import ClassVar, Generic, TypeVar
+
+import msgspec
 
 from commands.fold import Outcome
 
@@ -23,11 +25,12 @@ TRANSIENT: tuple[type[BaseException], ...] = (ConnectionError, OSError, TimeoutE
 T = TypeVar("T")
 
 
-class Positioned(NamedTuple, Generic[T]):
+class Positioned(msgspec.Struct, Generic[T], frozen=True, gc=False):
     """An event with the offset it has in its partition: its position, and the version it gives a key.
 
     The event is a `commands.envelope.Event` for sinks of ``memory.events``, and a
-    `projections.embeddings.EmbeddingOp` for sinks of ``memory.embeddings``.
+    `projections.embeddings.EmbeddingOp` for sinks of ``memory.embeddings``. A msgspec struct, like the
+    event: a projector makes one per event.
     """
 
     event: T
