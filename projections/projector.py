@@ -15,7 +15,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -130,6 +130,11 @@ class Projector:
         by_partition: dict[int, list[LogRecord]] = {}
         for record in records:
             by_partition.setdefault(record.partition, []).append(record)
+        await self.handle_partitions(by_partition)
+
+    async def handle_partitions(self, by_partition: Mapping[int, Sequence[LogRecord]]) -> None:
+        """`handle` for records already sorted out by partition (as a Kafka consumer's fetch gives them)."""
+        by_partition = {partition: batch for partition, batch in by_partition.items() if batch}
         async with self._lock:
             # Partitions are independent (a checkpoint and keys of their own): apply them concurrently.
             results = await asyncio.gather(*(self._handle_partition(partition, batch)
@@ -244,15 +249,15 @@ class Projector:
             return
         events: list[Positioned] = []
         poison: list[DeadLetter] = []
+        decode_record, envelopes = self._decode, self.decoder is None
         for record in fresh:
             try:
-                event = self._decode(record)
+                event = decode_record(record)
             except MalformedEvent as error:
                 poison.append(DeadLetter(partition, record.offset, record.value, record.headers, str(error)))
                 continue
             # An envelope event whose Kafka key is its own tenant and key sits where that key routes.
-            routed = self.decoder is None and record.key == record_key(event)
-            events.append(Positioned(event, record.offset, routed))
+            events.append(Positioned(event, record.offset, envelopes and record.key == record_key(event)))
         with metrics.BATCH_SECONDS.labels(self.label).time():
             if poison:
                 await self._retrying("dead-letter poison records", self.dead_letters.send, poison, self.label)

@@ -104,9 +104,8 @@ class SandboxFollower:
                         consumer.seek(TopicPartition(namespace.topic, partition), projector.resume_offset(partition))
                     checked = time.monotonic()
                 batch = await consumer.getmany(timeout_ms=500, max_records=2000)
-                records = [record for tp_records in batch.values() for record in tp_records]
                 try:
-                    await projector.handle(records)
+                    await projector.handle_partitions({tp.partition: records for tp, records in batch.items()})
                 except Reseek as reseek:
                     for partition, offset in reseek.offsets.items():
                         consumer.seek(TopicPartition(namespace.topic, partition), offset)

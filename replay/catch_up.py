@@ -168,18 +168,19 @@ class Builder:
                     heads: Mapping[TopicPartition, int]) -> int:
         """One fetch of the partitions ``behind``, applied up to ``last`` (per partition); returns how many."""
         batch = await self.consumer.getmany(*behind, timeout_ms=200, max_records=MAX_RECORDS)
-        records: list[LogRecord] = []
+        records: dict[int, list[LogRecord]] = {}
         for tp, tp_records in batch.items():
-            records.extend(record for record in tp_records if record.offset <= last[tp.partition])
+            records[tp.partition] = [record for record in tp_records if record.offset <= last[tp.partition]]
             if tp_records and tp_records[-1].offset > last[tp.partition]:
                 # Records that arrived after ``last`` was read: left for the next step, so the consumer must
                 # read them again (a position past them would leave a gap the projector cannot see).
                 self.consumer.seek(tp, last[tp.partition] + 1)
         try:
-            await self.projector.handle(records)
+            await self.projector.handle_partitions(records)
         except Reseek as reseek:
             for partition, offset in reseek.offsets.items():
                 self.consumer.seek(TopicPartition(self.topic, partition), offset)
+        applied = sum(len(tp_records) for tp_records in records.values())
         remaining = sum(max(0, heads[tp] - self.projector.resume_offset(tp.partition)) for tp in behind)
-        await self.tracker.count(len(records), remaining)
-        return len(records)
+        await self.tracker.count(applied, remaining)
+        return applied
