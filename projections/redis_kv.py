@@ -14,6 +14,7 @@ every other projection; readers never show them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
@@ -54,7 +55,8 @@ Address = tuple[int, str, str]
 # ARGV: expected checkpoint, new checkpoint, channel, partition, writer's generation, then four JSON arrays
 # (one argument each, decoded by Redis's cjson in C: packing thousands of separate arguments is slow):
 #   records   [[key, pexpireat, field, value, ...], ...]   replace each record (pexpireat "0": no expiry)
-#   index     [[op, index key, member], ...]               op "+" adds to the tenant's key index, "-" removes
+#   index     [[index key, op, member, ...], ...]          op "+" adds the members to a tenant's key index,
+#                                                          "-" removes them
 #   outcomes  [[key, value, seconds], ...]                 remember rejected events' outcomes
 #   forgotten [[hash, times, id, "version:ts", ts, cutoff, pexpireat], ...]
 #                                                          add a command id to a key's command index, drop
@@ -71,19 +73,35 @@ if current ~= ARGV[1] then
   return redis.error_reply('CHECKPOINT ' .. current)
 end
 """
+# Keys are deleted and index members added or removed many to a call (a call costs more than a key).
 WRITE = """
-for _, record in ipairs(cjson.decode(ARGV[6])) do
-  redis.call('DEL', record[1])
+local records = cjson.decode(ARGV[6])
+local names = {}
+for i, record in ipairs(records) do
+  names[i] = record[1]
+end
+for i = 1, #names, 1000 do
+  redis.call('DEL', unpack(names, i, math.min(i + 999, #names)))
+end
+for _, record in ipairs(records) do
   redis.call('HSET', record[1], unpack(record, 3))
   if record[2] ~= '0' then
     redis.call('PEXPIREAT', record[1], record[2])
   end
 end
 for _, entry in ipairs(cjson.decode(ARGV[7])) do
-  if entry[1] == '+' then
-    redis.call('ZADD', entry[2], 0, entry[3])
-  else
-    redis.call('ZREM', entry[2], entry[3])
+  for i = 3, #entry, 1000 do
+    local last = math.min(i + 999, #entry)
+    if entry[2] == '+' then
+      local scored = {}
+      for j = i, last do
+        scored[#scored + 1] = 0
+        scored[#scored + 1] = entry[j]
+      end
+      redis.call('ZADD', entry[1], unpack(scored))
+    else
+      redis.call('ZREM', entry[1], unpack(entry, i, last))
+    end
   end
 end
 for _, outcome in ipairs(cjson.decode(ARGV[8])) do
@@ -305,9 +323,10 @@ class RedisSink(ProjectionSink):
         touched: dict[Address, Record] = {}
         forgotten: list[tuple[Address, Remembered]] = []
         for item, address in zip(events, addresses, strict=True):
-            command_id, known = item.event.command_id, index.get(address)
+            command_id = item.event.command_id
+            known = index.get(address) if index and command_id is not None else None
             outcome = apply(records.get(address), item.event, item.offset,
-                            known.get(command_id) if known and command_id else None)
+                            known.get(command_id) if known else None)
             outcomes.append(outcome)
             if outcome.accepted and outcome.record is not None:
                 records[address] = touched[address] = outcome.record
@@ -343,7 +362,6 @@ class RedisSink(ProjectionSink):
         unwritten.forgotten += forgotten
         for address, entry in forgotten:
             unwritten.index.setdefault(address, {})[entry[0]] = entry
-        self.cache.put_many(touched.items())
         if len(unwritten.records) >= UNWRITTEN_RECORDS:
             await self.flush(partition)
 
@@ -367,9 +385,15 @@ class RedisSink(ProjectionSink):
         unwritten = list(touched.items())
         try:
             if self.building is not None:
+                parts = []  # sent as they are encoded: while Redis writes one, this process encodes the next
                 while len(unwritten) > PART_RECORDS:
                     part, unwritten = dict(unwritten[:PART_RECORDS]), unwritten[PART_RECORDS:]
-                    await self._part(keys=keys, args=[*args, *self._operations(partition, part, [], [])])
+                    operations = self._operations(partition, part, [], [])
+                    parts.append(asyncio.ensure_future(self._part(keys=keys, args=[*args, *operations])))
+                    await asyncio.sleep(0)  # let it go out
+                for failed in await asyncio.gather(*parts, return_exceptions=True):
+                    if isinstance(failed, BaseException):
+                        raise failed
             await self._script(keys=keys[:2], args=[*args, *self._operations(partition, dict(unwritten), rejected,
                                                                              forgotten)])
         except BaseException as error:
@@ -437,20 +461,19 @@ class RedisSink(ProjectionSink):
 
         One pipeline: the records not in the cache, and the index lookups of keys that may need them
         (`consults_index`; a record not yet read is looked up at once rather than after a second trip)."""
-        wanted: dict[Address, list[str]] = {}
+        ids_of: dict[Address, list[str]] = {}  # the command ids of the events that carry one
         for item, address in zip(events, addresses, strict=True):
-            ids = wanted.get(address)
-            if ids is None:
-                ids = wanted[address] = []
             if item.event.command_id is not None:
-                ids.append(item.event.command_id)
+                ids_of.setdefault(address, []).append(item.event.command_id)
         records: dict[Address, Record | None] = {}
         missing: list[Address] = []
         lookups: dict[Address, list[str]] = {}
-        for address, ids in wanted.items():
-            cached, record = self.cache.get(address)
-            if not cached and self.unwritten:
-                cached, record = self._unwritten_record(address)
+        for address in dict.fromkeys(addresses):
+            ids = ids_of.get(address) if ids_of else None
+            # What a rebuild folded and has not written is newer than anything cached (`_defer`).
+            cached, record = self._unwritten_record(address) if self.unwritten else (False, None)
+            if not cached:
+                cached, record = self.cache.get(address)
             if cached:
                 records[address] = record
                 if consults_index(record) and ids:
@@ -489,12 +512,13 @@ class RedisSink(ProjectionSink):
     ) -> tuple[bytes, bytes, bytes, bytes]:
         now = now_ms()
         records: list[list[str]] = []
-        index: list[tuple[str, str, str]] = []
+        index: dict[tuple[str, str], list[str]] = {}  # (index, "+" or "-") -> keys
         for address, record in touched.items():
             home, tenant, key = address
             records.append([self._record_name(address), str(physical_expiry(record, now)), *encode_record(record)])
-            if not _is_stream(address):
-                index.append(("-" if record.deleted else "+", self.layout_of(home).index(home, tenant), key))
+            if not key.startswith(STREAM_MARK):  # a key (not a stream): in its tenant's key index
+                change = (self.layout_of(home).index(home, tenant), "-" if record.deleted else "+")
+                index.setdefault(change, []).append(key)
         outcomes = []
         for offset, outcome in rejected:
             summary = orjson.dumps({"status": outcome.status.value, "reason": outcome.reason,
@@ -502,7 +526,8 @@ class RedisSink(ProjectionSink):
             outcomes.append((self.layout_of(partition).outcome(partition, offset), summary, str(OUTCOME_TTL_SECONDS)))
         commands = [command_index_entry(self.layout_of(home), home, tenant, key, entry, now)
                     for (home, tenant, key), entry in forgotten]
-        return orjson.dumps(records), orjson.dumps(index), orjson.dumps(outcomes), orjson.dumps(commands)
+        changes = [[name, op, *keys] for (name, op), keys in index.items()]
+        return orjson.dumps(records), orjson.dumps(changes), orjson.dumps(outcomes), orjson.dumps(commands)
 
 
 def _is_stream(address: Address) -> bool:

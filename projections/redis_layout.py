@@ -11,7 +11,7 @@ new generation has caught up (see `replay/rebuild.py`). A namespace ``prefix`` s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 
 
@@ -21,7 +21,7 @@ class RedisLayout:
     generation: int = 0
 
     def at(self, generation: int) -> RedisLayout:
-        return _at(self, generation)
+        return _at(self.prefix, generation)
 
     def _tag(self, partition: int) -> str:
         return f"{self.prefix}:g{self.generation}:{{p{partition}}}"
@@ -84,6 +84,7 @@ class RedisLayout:
 
 
 @lru_cache(maxsize=256)
-def _at(layout: RedisLayout, generation: int) -> RedisLayout:
-    """Layouts are asked for per record on the projector's hot path: make each one once."""
-    return replace(layout, generation=generation)
+def _at(prefix: str, generation: int) -> RedisLayout:
+    """Layouts are asked for per record on the projector's hot path: make each one once (and look it up by a
+    string and an int, which hash in C, rather than by a layout)."""
+    return RedisLayout(prefix, generation)
