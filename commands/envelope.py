@@ -1,4 +1,4 @@
-"""The event envelope: what one line of the log says, versioned and serialized with orjson.
+"""The event envelope: what one line of the log says, versioned; written with orjson, read back with msgspec.
 
 Events written by other tools are understood too: the line ``{"op":"set","key":"session:1234","value":{...}}``
 produced with a console producer is a ``kv.put``, belonging to the tenant named by the Kafka header
