@@ -75,12 +75,14 @@ async def test_ttl_expires_the_key_for_readers_and_listings(api: httpx.AsyncClie
 
 async def test_a_batch_is_applied_whole_and_answers_each_operation(api: httpx.AsyncClient) -> None:
     await api.put("/v1/kv/b/3", json="old")
+    # b/1's version before the batch (a version is an offset: "0" itself would match a key first put at offset 0)
+    before = (await api.put("/v1/kv/b/1", json=0)).json()["version"]
     response = await api.post("/v1/batch", json={"operations": [
         {"op": "put", "key": "b/1", "value": 1},
         {"op": "put", "key": "b/2", "value": {"x": 1}, "ttl": 60},
         {"op": "patch", "key": "b/2", "patch": {"y": 2}},
         {"op": "delete", "key": "b/3"},
-        {"op": "put", "key": "b/1", "value": 9, "if_version": 0},  # loses: b/1 is at a later version
+        {"op": "put", "key": "b/1", "value": 9, "if_version": before},  # loses: the batch's first put moved b/1 on
     ]})
     assert response.status_code == 200, response.text
     statuses = [result["status"] for result in response.json()["results"]]
