@@ -106,8 +106,7 @@ def decode(raw: bytes | None, headers: Iterable[tuple[str, bytes]] = (), *, defa
     except msgspec.DecodeError as error:
         raise MalformedEvent(f"value is not JSON: {error}") from None
     kind = event.type
-    if event.v != ENVELOPE_VERSION:
-        raise MalformedEvent(f"unknown envelope version {event.v!r}; this reader understands {ENVELOPE_VERSION}")
+    _check_version(event.v)
     if kind not in EVENT_TYPES:
         raise MalformedEvent(f"unknown event type {kind!r}")
     try:
@@ -125,6 +124,11 @@ def decode(raw: bytes | None, headers: Iterable[tuple[str, bytes]] = (), *, defa
     return event
 
 
+def _check_version(version: Any) -> None:
+    if version != ENVELOPE_VERSION:
+        raise MalformedEvent(f"unknown envelope version {version!r}; this reader understands {ENVELOPE_VERSION}")
+
+
 def _check_value_size(data: Any, limit: int) -> None:
     size = len(orjson.dumps(data))
     if size > limit:
@@ -138,9 +142,7 @@ def _decode_other(raw: bytes, headers: dict[str, bytes], default_tenant: str, re
     if not isinstance(body, dict):
         raise MalformedEvent(f"value is JSON {type(body).__name__}, not an object")
     if "op" not in body or "v" in body:
-        version = body.get("v")
-        if version != ENVELOPE_VERSION:
-            raise MalformedEvent(f"unknown envelope version {version!r}; this reader understands {ENVELOPE_VERSION}")
+        _check_version(body.get("v"))
         raise MalformedEvent(f"not a valid event: {error}")
     try:
         if max_value_bytes is not None and len(raw) > max_value_bytes:

@@ -516,7 +516,7 @@ class RedisSink(ProjectionSink):
         for address, record in touched.items():
             home, tenant, key = address
             records.append([self._record_name(address), str(physical_expiry(record, now)), *encode_record(record)])
-            if not key.startswith(STREAM_MARK):  # a key (not a stream): in its tenant's key index
+            if not _is_stream(address):  # a key (not a stream): in its tenant's key index
                 change = (self.layout_of(home).index(home, tenant), "-" if record.deleted else "+")
                 index.setdefault(change, []).append(key)
         outcomes = []
