@@ -59,6 +59,11 @@ class Event(msgspec.Struct, frozen=True, gc=False):
 
 
 _ENVELOPE = msgspec.json.Decoder(Event)
+# msgspec reads integers of any size; orjson, which writes every projection's records, only 64-bit ones, and
+# reads a longer one as a float, as the gateway did with the command. A longer integer has at least 19 digits:
+# a line with such a run of digits is read as orjson reads it.
+_DIGITS_AS_ZEROS = bytes(48 if 48 <= byte <= 57 else 32 for byte in range(256))
+_LONG_NUMBER = b"0" * 19
 
 
 def uuid7() -> str:
@@ -103,8 +108,10 @@ def decode(raw: bytes | None, headers: Iterable[tuple[str, bytes]] = (), *, defa
         event = _ENVELOPE.decode(raw)
     except msgspec.ValidationError as error:  # JSON, but not an envelope: maybe another tool's line
         return _decode_other(raw, dict(headers), default_tenant, record_ts, max_value_bytes, error)
-    except msgspec.DecodeError as error:
+    except (msgspec.DecodeError, UnicodeDecodeError) as error:  # msgspec's own error for bad UTF-8 in a string
         raise MalformedEvent(f"value is not JSON: {error}") from None
+    if _LONG_NUMBER in raw.translate(_DIGITS_AS_ZEROS):
+        event = _as_orjson_reads(raw)
     kind = event.type
     _check_version(event.v)
     if kind not in EVENT_TYPES:
@@ -124,6 +131,21 @@ def decode(raw: bytes | None, headers: Iterable[tuple[str, bytes]] = (), *, defa
     return event
 
 
+def _loads(raw: bytes) -> Any:
+    """The line as orjson reads it (it refuses numbers out of a double's range, which msgspec reads as floats)."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise MalformedEvent(f"value is not JSON that can be stored: {error}") from None
+
+
+def _as_orjson_reads(raw: bytes) -> Event:
+    try:
+        return msgspec.convert(_loads(raw), Event)
+    except msgspec.ValidationError as error:
+        raise MalformedEvent(f"not a valid event: {error}") from None
+
+
 def _check_version(version: Any) -> None:
     if version != ENVELOPE_VERSION:
         raise MalformedEvent(f"unknown envelope version {version!r}; this reader understands {ENVELOPE_VERSION}")
@@ -138,7 +160,7 @@ def _check_value_size(data: Any, limit: int) -> None:
 def _decode_other(raw: bytes, headers: dict[str, bytes], default_tenant: str, record_ts: int,
                   max_value_bytes: int | None, error: msgspec.ValidationError) -> Event:
     """A JSON value that is not a valid envelope: a console producer's line, or poison (say why)."""
-    body = orjson.loads(raw)
+    body = _loads(raw)
     if not isinstance(body, dict):
         raise MalformedEvent(f"value is JSON {type(body).__name__}, not an object")
     if "op" not in body or "v" in body:

@@ -50,10 +50,27 @@ def test_the_seed_documents_console_line_is_a_put_of_the_header_tenant_or_the_de
     (orjson.dumps({"v": 1, "type": PATCH, "tenant": "a", "key": "k", "data": [1]}), "merge patch"),
     (orjson.dumps({"op": "explode", "key": "k"}), "unknown op"),
     (orjson.dumps({"op": "set", "key": 7}), "key must be a string"),
+    # Poison that no projection could store: bad UTF-8 in a string, numbers out of range.
+    (b'{"v":1,"type":"kv\xb9put","tenant":"a","key":"k"}', "not JSON"),
+    (b'{"v":1,"type":"kv.put","tenant":"a","key":"k","data":"\xff"}', "not JSON"),
+    (b'{"v":1,"type":"kv.put","tenant":"a","key":"k","data":[1e400]}', "not JSON"),
+    (b'{"v":1,"type":"kv.put","tenant":"a","key":"k","ts":18446744073709551616}', r"got `float` - at `\$\.ts`"),
 ])
 def test_malformed_input_is_rejected_with_the_reason(raw: bytes | None, reason: str) -> None:
     with pytest.raises(MalformedEvent, match=reason):
         decode(raw, default_tenant="default")
+
+
+def test_numbers_at_the_edges_of_64_bits_and_long_digit_strings_are_events() -> None:
+    for data in (18446744073709551615, -9223372036854775808, "1234567890123456789012345", 1.2345678901234567e300):
+        assert decode(encode(event(data=data)), default_tenant="default").data == data
+
+
+def test_a_longer_integer_is_read_as_a_float_as_the_gateway_reads_it() -> None:
+    """No projection could write it back as an integer; the gateway's own reading of the command made it a float."""
+    raw = (b'{"v":1,"type":"kv.put","tenant":"a","key":"k",'
+           b'"data":{"n":123456789012345678901234567890,"m":[-9223372036854775809]}}')
+    assert decode(raw, default_tenant="default").data == {"n": 1.2345678901234568e29, "m": [-9.223372036854776e18]}
 
 
 def test_a_value_over_the_limit_is_malformed_whoever_produced_it() -> None:

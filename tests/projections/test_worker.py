@@ -78,6 +78,11 @@ async def test_poison_records_go_to_the_dead_letter_topic_and_the_partition_keep
     # A valid envelope whose value is over the value limit (compressed, any broker takes it).
     huge = Event(PUT, tenant, "after-poison", "x" * (settings.max_value_bytes + 1), ts=now_ms())
     oversized = await produce_raw(settings, encode(huge), partition=partition, compression="gzip")
+    # JSON a reader in another language might let through: bad UTF-8 in a string, a number out of range.
+    bad_utf8 = await produce_raw(settings, b'{"v":1,"type":"kv.put","tenant":"%s","key":"x","data":"\xb9"}'
+                                 % tenant.encode(), partition=partition)
+    out_of_range = await produce_raw(settings, b'{"v":1,"type":"kv.put","tenant":"%s","key":"x","data":1e400}'
+                                     % tenant.encode(), partition=partition)
     legacy = b'{"op":"set","key":"session:1234","value":{"from":"console"}}'
     await produce_raw(settings, legacy, key=kafka_key(tenant, "session:1234"), headers=[("tenant", tenant.encode())])
     await produce_raw(settings, encode(Event(PUT, tenant, "after-poison", "ok", ts=now_ms())), partition=partition)
@@ -96,6 +101,8 @@ async def test_poison_records_go_to_the_dead_letter_topic_and_the_partition_keep
     assert "unknown envelope version 9" in letters[future_version][0]["reason"]
     assert letters[future_version][0]["topic"] == settings.events_topic
     assert f"over the {settings.max_value_bytes}-byte limit" in letters[oversized][0]["reason"]
+    assert letters[bad_utf8][0]["reason"].startswith("value is not JSON")
+    assert letters[out_of_range][0]["reason"].startswith("value is not JSON")
     assert (await api.get("/v1/kv/after-poison")).json() == "ok"
 
 
