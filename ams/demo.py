@@ -10,6 +10,7 @@ import httpx
 from aiokafka import AIOKafkaProducer
 from rich.console import Console
 
+from ams import kafka_clients
 from ams.auth import issue_dev_token
 from ams.settings import Settings
 
@@ -53,7 +54,7 @@ async def run_demo(settings: Settings) -> None:
             line = f'{{"op":"set","key":"session:console-{run}","value":{{"source":"console producer"}}}}'
             sent = await producer.send_and_wait(settings.events_topic, line.encode(), headers=[("tenant", b"demo")])
         finally:
-            await producer.stop()
+            await kafka_clients.stop(producer)
         console.print(f"  produced {line}")
         show(f"GET /kv/session:console-{run}", await api.get(
             f"/kv/session:console-{run}", headers={"X-AMS-Min-Position": f"{sent.partition}:{sent.offset}"}))

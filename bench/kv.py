@@ -24,6 +24,7 @@ import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
+from ams import kafka_clients
 from ams.auth import issue_dev_token
 from ams.settings import Settings, get_settings
 from bench.common import Measured, Run, console, measure, report
@@ -109,7 +110,7 @@ async def writes(settings: Settings, token: str, tenant: str, count: int, concur
 
         raw = await measure("raw aiokafka send_and_wait", send, count, concurrency)
     finally:
-        await producer.stop()
+        await kafka_clients.stop(producer)
     for run in (strong, eventual):
         if run.errors:
             raise SystemExit(f"{run.name}: {run.errors} of {run.count} requests failed; the numbers would lie")

@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from rich.progress import Progress
 
+from ams import kafka_clients
 from ams.settings import Settings, get_settings
 from bench.common import console
 from commands.envelope import DELETE, PATCH, PUT, Event, encode, uuid7
@@ -50,7 +51,7 @@ async def produce(settings: Settings, events: int, keys: int) -> None:
             await asyncio.gather(*pending)
             bar.advance(task, len(pending))
     finally:
-        await producer.stop()
+        await kafka_clients.stop(producer)
 
 
 async def raw_read(settings: Settings, events: int) -> float:
@@ -73,7 +74,7 @@ async def raw_read(settings: Settings, events: int) -> float:
                 bar.advance(task, count)
         return seen / (time.perf_counter() - started)
     finally:
-        await consumer.stop()
+        await kafka_clients.stop(consumer)
 
 
 async def main(events: int, keys: int) -> None:
@@ -102,7 +103,7 @@ async def main(events: int, keys: int) -> None:
                       f"(with the switch, a {GRACE_SECONDS:g}s grace and dropping the old generation)")
     finally:
         await admin.delete_topics([settings.events_topic])
-        await admin.close()
+        await kafka_clients.stop(admin)
         client = aioredis.from_url(settings.redis_url)
         for generation in range(3):
             await drop_generation(client, RedisLayout(settings.redis_prefix, generation), quiet=True)

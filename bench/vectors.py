@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ams import kafka_clients
 from ams.auth import issue_dev_token
 from ams.settings import Settings, get_settings
 from commands.envelope import PUT, Event, encode, now_ms, uuid7
@@ -112,7 +113,7 @@ async def load(settings: Settings, tenant: str, data: np.ndarray) -> dict[int, i
                     positions[metadata.partition] = max(metadata.offset, positions.get(metadata.partition, -1))
                 bar.advance(task, len(futures))
     finally:
-        await producer.stop()
+        await kafka_clients.stop(producer)
     return positions
 
 

@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.producer.transaction_manager import TransactionState
 
+from ams import kafka_clients
 from commands.envelope import STREAM_APPEND, Event, encode
 from commands.keys import Position, kafka_key, partition_for, stream_key
 
@@ -91,10 +92,10 @@ class EventLog:
         return other
 
     async def stop(self) -> None:
-        await self._producer.stop()
-        await self._transactional.stop()
-        await self._offsets_reader.stop()
-        await self._written_reader.stop()
+        await kafka_clients.stop(self._producer)
+        await kafka_clients.stop(self._transactional)
+        await kafka_clients.stop(self._offsets_reader)
+        await kafka_clients.stop(self._written_reader)
 
     def partition_of(self, event: Event) -> int:
         return partition_for(record_key(event), self.partitions)
@@ -127,7 +128,7 @@ class EventLog:
         later transaction would fail. A new one with the same transactional id fences the old and carries on."""
         failed, self._transactional = self._transactional, AIOKafkaProducer(
             transactional_id=self.transactional_id, **self._common)
-        await failed.stop()
+        await kafka_clients.stop(failed)
         await self._transactional.start()
 
     async def _send_in_transaction(self, events: Sequence[Event]) -> list[Position]:

@@ -14,6 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
+from ams import kafka_clients
 from ams.settings import Settings
 from compose import postgres
 
@@ -62,7 +63,7 @@ async def kafka_topics(settings: Settings) -> None:
         logs = (settings.events_topic, settings.embeddings_topic, settings.dlq_topic)
         await _update_configs(admin, [name for name in logs if name in existing], forever)
     finally:
-        await admin.close()
+        await kafka_clients.stop(admin)
 
 
 async def _update_configs(admin: AIOKafkaAdminClient, topics: list[str], wanted: dict[str, str]) -> None:
@@ -92,7 +93,7 @@ async def kafka_round_trip(settings: Settings) -> None:
     try:
         sent = await producer.send_and_wait(READINESS_TOPIC, marker)
     finally:
-        await producer.stop()
+        await kafka_clients.stop(producer)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
@@ -104,7 +105,7 @@ async def kafka_round_trip(settings: Settings) -> None:
         if marker not in values:
             raise RuntimeError("the record produced for the readiness check was not read back")
     finally:
-        await consumer.stop()
+        await kafka_clients.stop(consumer)
 
 
 async def redis_ping(settings: Settings) -> None:

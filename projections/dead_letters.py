@@ -10,6 +10,8 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
+from ams import kafka_clients
+
 # A dead letter must reach the topic before the checkpoint moves past it: Kafka errors are retried.
 DEAD_LETTER_TRANSIENT: tuple[type[BaseException], ...] = (KafkaError,)
 
@@ -65,4 +67,4 @@ class DeadLetters:
 
     async def close(self) -> None:
         if self._producer is not None:
-            await self._producer.stop()
+            await kafka_clients.stop(self._producer)

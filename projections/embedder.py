@@ -28,6 +28,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
+from ams import kafka_clients
 from ams.namespaces import Namespace, live
 from ams.settings import Settings
 from commands.fold import Record
@@ -120,7 +121,7 @@ class EmbedderSink(RedisSink):
 
     async def close(self) -> None:
         if self._producer is not None:
-            await self._producer.stop()
+            await kafka_clients.stop(self._producer)
         await super().close()
 
     async def before_commit(

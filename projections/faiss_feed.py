@@ -24,7 +24,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import Counter, Gauge
 
+from ams import kafka_clients
 from ams.settings import Settings
+from ams.tasks import cancel_all
 from commands.envelope import MalformedEvent
 from projections.embeddings import MARK, decode_op
 from projections.faiss_files import drop_older, generation_path, newest_generation
@@ -128,20 +130,18 @@ class FaissFeed:
         try:
             partitions = await producer.partitions_for(topic)
         finally:
-            await producer.stop()
+            await kafka_clients.stop(producer)
         if not partitions:
             raise RuntimeError(f"topic {topic!r} does not exist; run `ams up` to create it")
         return set(partitions)
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_all([self._task])
         if self._dirty and self.path is not None:
             await self.snapshot()
         if self._consumer is not None:
-            await self._consumer.stop()
+            await kafka_clients.stop(self._consumer)
 
     async def snapshot(self) -> None:
         assert self.path is not None, "a sandbox's view keeps no snapshot"
@@ -234,7 +234,7 @@ class FaissFeed:
                 await apply_batch(view, {tp: [r for r in records if r.offset <= behind[tp.partition]]
                                          for tp, records in batch.items()})
         finally:
-            await consumer.stop()
+            await kafka_clients.stop(consumer)
 
     def reached(self, positions: dict[int, int]) -> bool:
         """The embedder's marks applied here cover these ``memory.events`` positions."""

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from ams import kafka_clients
 from projections.projector import LogRecord
 
 FETCH_MAX = 1000
@@ -41,4 +42,4 @@ class PartitionReader:
                 if batch:
                     yield batch
         finally:
-            await consumer.stop()
+            await kafka_clients.stop(consumer)

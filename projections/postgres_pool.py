@@ -24,6 +24,7 @@ from typing import Any
 
 import asyncpg
 
+from ams.tasks import cancel_all
 from projections.postgres_schema import check_schema, connect, create_pool
 
 log = logging.getLogger("ams.postgres")
@@ -56,9 +57,7 @@ class SharedPostgres:
 
     async def close(self) -> None:
         if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+            await cancel_all([self._listener])
         if self._pool is not None:
             try:
                 await asyncio.wait_for(self._pool.close(), CLOSE_SECONDS)

@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ams import kafka_clients
 from ams.auth import ADMIN, issue_dev_token
 from ams.settings import Settings
 from commands.envelope import now_ms
@@ -218,7 +219,7 @@ async def reindex(settings: Settings, views: Iterable[str] = VIEWS) -> Report:
         with Progress(*columns, console=console, transient=True) as progress:
             report = await reconciler.run(progress)
     finally:
-        await producer.stop()
+        await kafka_clients.stop(producer)
         for inventory in inventories:
             await inventory.close()
         await client.aclose()

@@ -16,8 +16,10 @@ from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from ams import kafka_clients
 from ams.namespaces import Namespace
 from ams.settings import Settings
+from ams.tasks import cancel_all
 from projections.dead_letters import DeadLetters
 from projections.log_reader import PartitionReader
 from projections.projector import Projector, Reseek
@@ -46,18 +48,14 @@ class SandboxFollower:
                     log.warning("lost the sandbox registry (%r); following it again in 1s", error)
                     await asyncio.sleep(1)
         finally:
-            for task in self.running.values():
-                task.cancel()
-            await asyncio.gather(*self.running.values(), return_exceptions=True)  # their sinks close
+            await cancel_all(self.running.values())  # their sinks close
 
     async def _follow(self) -> None:
         async with contextlib.aclosing(follow_registry(self.settings)) as registry:  # closed when cancelled
             async for key, spec in registry:
                 task = self.running.pop(key, None)
                 if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+                    await cancel_all([task])
                 if spec is None:
                     await self._drop(key)
                 else:
@@ -115,6 +113,6 @@ class SandboxFollower:
             log.exception("%s: the %s projection stopped; it resumes when the worker restarts", namespace.label,
                           sink.name)
         finally:
-            await consumer.stop()
+            await kafka_clients.stop(consumer)
             await dead_letters.close()
             await sink.close()

@@ -21,13 +21,14 @@ import orjson
 
 from ams.http import ApiError
 from ams.settings import Settings
+from ams.tasks import cancel_all
 from commands.fold import Record
 from commands.keys import format_positions
 from projections.postgres import POSTGRES_TRANSIENT, RECORD_COLUMNS, record_from_row
 from projections.postgres_pool import SchemaPool, borrow
 from projections.postgres_schema import applied_channel, migrate
 from projections.sink import TRANSIENT
-from queries.tracking import POLL_SECONDS, PositionTracker, cancel_all
+from queries.tracking import POLL_SECONDS, PositionTracker
 
 log = logging.getLogger("ams.gateway")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 import redis.asyncio as aioredis
@@ -20,6 +21,7 @@ from starlette.requests import Request
 from ams.http import ApiError
 from ams.namespaces import ALL_TENANTS, Namespace
 from ams.settings import Settings
+from ams.tasks import cancel_all
 from commands.http import CommandContext
 from commands.log import EventLog
 from projections.redis_layout import RedisLayout
@@ -31,6 +33,22 @@ from replay.sandboxes import SandboxSpec, follow_registry
 
 log = logging.getLogger("ams.gateway")
 HEADER = "x-ams-sandbox"
+# Starting or stopping one part of a sandbox's contexts takes milliseconds; past this, something it waits
+# for is stuck, and that sandbox (only that one) is reported unserved instead of waiting for ever. Live
+# memory's start is not bounded: its vector view may have a large snapshot to load.
+STEP_SECONDS = 20.0
+
+
+class NotServed(Exception):
+    """A namespace's contexts could not be started; the message says which part, and why."""
+
+
+async def _bounded(what: str, step: Awaitable[None], seconds: float | None) -> None:
+    try:
+        async with asyncio.timeout(seconds):
+            await step
+    except TimeoutError:
+        raise NotServed(f"{what} did not finish within {seconds:g}s") from None
 
 
 @dataclass
@@ -41,9 +59,13 @@ class Served:
     vectors: VectorServices
 
     async def stop(self) -> None:
-        await self.vectors.stop()
-        await self.queries.applied.stop()
-        await self.queries.cold.stop()
+        """Stop every part, each bounded: a part that cannot stop is logged and left behind."""
+        for what, step in (("its vector view", self.vectors.stop), ("its Redis positions", self.queries.applied.stop),
+                           ("its PostgreSQL reader", self.queries.cold.stop)):
+            try:
+                await _bounded(f"{self.namespace.label}: stopping {what}", step(), STEP_SECONDS)
+            except NotServed as error:
+                log.warning("%s; left behind", error)
 
 
 class GatewayNamespaces:
@@ -53,23 +75,30 @@ class GatewayNamespaces:
         self.sandboxes: dict[str, Served] = {}  # "<owner>|<name>" -> contexts
         self._follower: asyncio.Task[None] | None = None
         self.channels = AppliedChannels(redis_client)
-        # The registry follower and this gateway's own creations update the served sandboxes one at a time:
+        # The registry follower and this gateway's own creations update each sandbox one at a time:
         # interleaved, both served a new sandbox and one of the two was never stopped (its pollers leaked).
-        self._updating = asyncio.Lock()
+        # One lock per sandbox, so that a sandbox slow to start or stop holds up no other (a few bytes per
+        # sandbox this gateway ever saw; dropping one while a waiter is about to take it would let two in).
+        self._updating: dict[str, asyncio.Lock] = {}
 
     async def serve(self, namespace: Namespace) -> Served:
+        """The namespace's contexts, started; NotServed names the part that did not start."""
         applied = AppliedPositions(self.redis, RedisLayout(namespace.redis_prefix), self.live_log.partitions,
                                    self.channels)
-        await applied.start()
         cold = ColdStore(replace(self.settings, postgres_schema=namespace.postgres_schema),
                          home=self.settings.postgres_schema)
-        await cold.start()
         vectors = VectorServices(self.settings, self.redis, namespace)
+        started: list[Callable[[], Awaitable[None]]] = []
         try:
-            await vectors.start()
+            for what, part in (("its Redis positions", applied), ("its PostgreSQL reader", cold),
+                               ("its vector view", vectors)):
+                await _bounded(f"{namespace.label}: starting {what}", part.start(),
+                               None if namespace.is_live else STEP_SECONDS)
+                started.append(part.stop)
         except BaseException:
-            await cold.stop()
-            await applied.stop()
+            for stop in reversed(started):
+                with contextlib.suppress(NotServed):
+                    await _bounded(f"{namespace.label}: stopping what had started", stop(), STEP_SECONDS)
             raise
         event_log = self.live_log if namespace.is_live else self.live_log.at(namespace.topic)
         return Served(namespace, CommandContext(self.settings, event_log, applied),
@@ -81,9 +110,7 @@ class GatewayNamespaces:
 
     async def stop(self) -> None:
         if self._follower is not None:
-            self._follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._follower
+            await cancel_all([self._follower])
         served = [*self.sandboxes.values(), *([self.live] if self.live else [])]
         await asyncio.gather(*(namespace.stop() for namespace in served))
         await self.channels.stop()
@@ -96,12 +123,15 @@ class GatewayNamespaces:
                         await self._update(key.decode(), spec)
             except asyncio.CancelledError:
                 raise
+            except NotServed as error:
+                log.warning("%s; reading the sandbox registry again in 1s to retry", error)
             except Exception as error:  # noqa: BLE001 - keep following through broker restarts
-                log.warning("lost the sandbox registry (%r); following it again", error)
-                await asyncio.sleep(1)
+                log.warning("lost the sandbox registry (%r); following it again in 1s", error)
+            await asyncio.sleep(1)
 
     async def _update(self, key: str, spec: SandboxSpec | None) -> None:
-        async with self._updating:
+        lock = self._updating.setdefault(key, asyncio.Lock())
+        async with lock:
             if spec is not None and key in self.sandboxes:
                 return  # already served (this gateway created it)
             previous = self.sandboxes.pop(key, None)

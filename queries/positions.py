@@ -21,9 +21,10 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from ams.tasks import cancel_all
 from commands.keys import Position
 from projections.redis_layout import RedisLayout
-from queries.tracking import POLL_SECONDS, PositionTracker, cancel_all
+from queries.tracking import POLL_SECONDS, PositionTracker
 
 log = logging.getLogger("ams.gateway")
 

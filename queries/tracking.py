@@ -7,9 +7,10 @@ store's announcements and a periodic poll. A read that carries a consistency tok
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Sequence
+
+from ams.tasks import cancel_all
 
 POLL_SECONDS = 0.5
 
@@ -42,15 +43,6 @@ class PositionTracker:
         await self._changed.wait()
 
 
-async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
-    """Cancel a tracker's background tasks and wait until they have stopped."""
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
 async def first_reached(
     trackers: Sequence[PositionTracker], positions: dict[int, int], timeout: float
 ) -> PositionTracker | None:
@@ -68,8 +60,4 @@ async def first_reached(
         try:
             await asyncio.wait(waits, timeout=min(remaining, POLL_SECONDS), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for wait in waits:
-                wait.cancel()
-            for wait in waits:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await wait
+            await cancel_all(waits)

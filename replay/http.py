@@ -16,6 +16,7 @@ from ams.namespaces import ALL_TENANTS
 from ams.settings import Settings
 from commands.keys import check_prefix
 from projections.redis_layout import RedisLayout
+from queries.namespaces import NotServed
 from replay import cut
 from replay.diff import AGAINST, diff_sandbox
 from replay.rebuild import RebuildState, read_state, save_state
@@ -56,7 +57,13 @@ async def create(request: Request) -> Response:
         raise ApiError(409, "sandbox_exists", str(error)) from None
     except cut.PositionNotInLog as error:
         raise ApiError(422, "invalid_until", str(error)) from None
-    await request.app.state.namespaces.include(spec)
+    try:
+        await request.app.state.namespaces.include(spec)
+    except NotServed as error:
+        raise ApiError(503, "sandbox_not_served",
+                       f"sandbox {name!r} is created, but this gateway could not start serving it ({error}); "
+                       "requests naming it answer 404 until it does: retry them shortly, or drop the sandbox "
+                       "and create it again", {"Retry-After": "1"}) from None
     return json_response(asdict(spec), 201, {"X-AMS-Position": spec.position} if spec.position else None)
 
 

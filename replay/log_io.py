@@ -17,6 +17,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from ams import kafka_clients
 from ams.settings import Settings
 from commands.envelope import Event, MalformedEvent, decode
 from replay.cut import EVERYTHING, Cut, PositionNotInLog
@@ -88,7 +89,7 @@ async def read_log(settings: Settings, topic: str, selection: Selection) -> Asyn
                     if await consumer.position(tp) >= ends[tp]:
                         pending.discard(tp)
     finally:
-        await consumer.stop()
+        await kafka_clients.stop(consumer)
 
 
 async def _with_time_of_named_positions(consumer: AIOKafkaConsumer, cut: Cut, topic: str) -> Cut:
@@ -110,7 +111,7 @@ async def _partition_count(settings: Settings, topic: str) -> int:
     try:
         return len(await producer.partitions_for(topic))
     finally:
-        await producer.stop()
+        await kafka_clients.stop(producer)
 
 
 def _decoded(record: ConsumerRecord, settings: Settings) -> Event | None:
@@ -161,7 +162,7 @@ async def import_log(settings: Settings, lines: Iterable[bytes], topic: str) -> 
                 await producer.send(topic, value, key=key, headers=headers)
                 count += 1
     finally:
-        await producer.stop()
+        await kafka_clients.stop(producer)
     return count
 
 
@@ -173,4 +174,4 @@ async def log_heads(settings: Settings, topic: str) -> dict[int, int]:
         partitions = [TopicPartition(topic, number) for number in range(await _partition_count(settings, topic))]
         return {tp.partition: end for tp, end in (await consumer.end_offsets(partitions)).items()}
     finally:
-        await consumer.stop()
+        await kafka_clients.stop(consumer)

@@ -31,6 +31,7 @@ import asyncpg
 import redis.asyncio as aioredis
 from rich.progress import Progress
 
+from ams import kafka_clients
 from ams.settings import Settings
 from projections.dead_letters import DeadLetters
 from projections.log_reader import PartitionReader
@@ -81,7 +82,7 @@ async def rebuild_postgres(settings: Settings, *, restart: bool = False, quiet: 
                 await tracker.save()
         return state
     finally:
-        await admin.close()
+        await kafka_clients.stop(admin)
         await redis.aclose()
 
 
@@ -111,7 +112,7 @@ async def _build_and_swap(settings: Settings, admin: asyncpg.Connection, tracker
             await admin.execute(BATCH_UNLOCK, live)
         tracker.state.switched = list(range(settings.partitions))
     finally:
-        await consumer.stop()
+        await kafka_clients.stop(consumer)
         await dead_letters.close()
         await sink.close()
 

@@ -40,6 +40,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from rich.progress import Progress
 
+from ams import kafka_clients
 from ams.settings import Settings
 from projections.dead_letters import DeadLetters
 from projections.embeddings import decode_op
@@ -94,7 +95,7 @@ async def _rebuild_faiss(settings: Settings, tracker: Tracker, restart: bool) ->
     try:
         await _faiss_to_head(settings, consumer, view, tracker)
     finally:
-        await consumer.stop()
+        await kafka_clients.stop(consumer)
     partial, published = rebuild_path(settings), generation_path(settings, building)
     await asyncio.to_thread(view.save, partial)
     os.replace(partial, published)  # the switch: gateways take whole files only
@@ -182,7 +183,7 @@ async def _rebuild_milvus(settings: Settings, tracker: Tracker, restart: bool) -
             await asyncio.to_thread(sink.store.switch_live)
             tracker.state.switched = list(range(settings.partitions))
         finally:
-            await consumer.stop()
+            await kafka_clients.stop(consumer)
             await projector.dead_letters.close()
             await sink.close()
         tracker.state.state = "dropping"

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from ams import kafka_clients
 from ams.settings import Settings
 from projections.dead_letters import DeadLetters
 from projections.log_reader import PartitionReader
@@ -166,7 +167,7 @@ async def build(settings: Settings, generation: int, partitions: list[int], prog
         progress.behind, progress.done = 0, True
         report(progress)
     finally:
-        await consumer.stop()
+        await kafka_clients.stop(consumer)
         await dead_letters.close()
         await sink.close()
         await client.aclose()

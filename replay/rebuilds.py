@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from rich.progress import Progress
 
 from ams.settings import Settings
+from ams.tasks import cancel_all
 from projections.redis_layout import RedisLayout
 from replay.catch_up import progress_display
 from replay.rebuild import RebuildState, read_state, rebuild_redis
@@ -75,9 +76,7 @@ async def _mirrored(settings: Settings, projection: str, progress: Progress):  #
     try:
         yield
     finally:
-        following.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await following
+        await cancel_all([following])
         state = await saved()
         if state is not None:
             progress.update(task, completed=state.applied, total=state.applied,

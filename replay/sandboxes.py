@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
+from ams import kafka_clients
 from ams.namespaces import ALL_TENANTS, Namespace, sandbox
 from ams.settings import Settings
 from commands.keys import InvalidName, format_positions
@@ -70,7 +71,12 @@ def registry_topic(settings: Settings) -> str:
 async def follow_registry(
     settings: Settings, *, once: bool = False
 ) -> AsyncGenerator[tuple[bytes, SandboxSpec | None], None]:
-    """Every registry record from the start (then, unless ``once``, new ones as they come)."""
+    """The registry as it stands (then, unless ``once``, its changes as they come).
+
+    Only the newest record of each key counts, over all of the catch-up and then over each batch: a
+    follower starting (or starting again) never serves a sandbox already dropped, whose topics are gone
+    (serving one waited for them, and blocked every other sandbox meanwhile). A key dropped and created
+    again yields the drop first, so that whoever served the old sandbox lets it go."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
                                 isolation_level="read_committed")
     await consumer.start()
@@ -78,25 +84,24 @@ async def follow_registry(
         tp = TopicPartition(registry_topic(settings), 0)
         consumer.assign([tp])
         consumer.seek(tp, (await consumer.beginning_offsets([tp]))[tp])
-        end = (await consumer.end_offsets([tp]))[tp]
+        catching_up_to = (await consumer.end_offsets([tp]))[tp]
+        newest: dict[bytes, bytes | None] = {}
+        dropped: set[bytes] = set()
         while True:
-            if once and await consumer.position(tp) >= end:
-                return
-            batch = await consumer.getmany(tp, timeout_ms=500)
-            # The newest record of each key in the batch (a sandbox created and dropped since is only dropped,
-            # which spares a follower catching up from serving it in between), after a drop when there was one.
-            newest: dict[bytes, bytes | None] = {}
-            dropped: set[bytes] = set()
-            for record in batch.get(tp, []):
+            if await consumer.position(tp) >= catching_up_to:
+                for key, value in newest.items():
+                    if value is not None and key in dropped:
+                        yield key, None
+                    yield key, SandboxSpec(**orjson.loads(value)) if value is not None else None
+                if once:
+                    return
+                newest, dropped, catching_up_to = {}, set(), 0  # caught up: now each batch as it comes
+            for record in (await consumer.getmany(tp, timeout_ms=500)).get(tp, []):
                 newest[record.key] = record.value
                 if record.value is None:
                     dropped.add(record.key)
-            for key, value in newest.items():
-                if value is not None and key in dropped:
-                    yield key, None  # dropped, then created again under the same name
-                yield key, SandboxSpec(**orjson.loads(value)) if value is not None else None
     finally:
-        await consumer.stop()
+        await kafka_clients.stop(consumer)
 
 
 async def list_sandboxes(settings: Settings) -> dict[bytes, SandboxSpec]:
@@ -115,7 +120,7 @@ async def _register(settings: Settings, key: bytes, spec: SandboxSpec | None) ->
     try:
         await producer.send_and_wait(registry_topic(settings), orjson.dumps(asdict(spec)) if spec else None, key=key)
     finally:
-        await producer.stop()
+        await kafka_clients.stop(producer)
 
 
 async def create_sandbox(settings: Settings, owner: str, name: str, *, key_prefix: str | None = None,
@@ -148,7 +153,7 @@ async def create_sandbox(settings: Settings, owner: str, name: str, *, key_prefi
         for metadata in [await future for future in sent]:
             last[metadata.partition] = max(metadata.offset, last.get(metadata.partition, -1))
     finally:
-        await producer.stop()
+        await kafka_clients.stop(producer)
     spec = replace(spec, events=len(sent), created_ms=int(time.time() * 1000), position=format_positions(last))
     await _register(settings, spec.registry_key, spec)
     return spec
@@ -173,7 +178,7 @@ async def drop_sandbox(settings: Settings, owner: str, name: str) -> SandboxSpec
     except UnknownTopicOrPartitionError:
         pass
     finally:
-        await admin.close()
+        await kafka_clients.stop(admin)
     return spec
 
 
@@ -190,4 +195,4 @@ async def _create_topics(settings: Settings, topics: list[str]) -> None:
     except TopicAlreadyExistsError:
         pass
     finally:
-        await admin.close()
+        await kafka_clients.stop(admin)

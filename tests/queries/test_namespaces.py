@@ -1,0 +1,57 @@
+"""The sandboxes a gateway serves: one slow to start holds up no other, and says which part is stuck."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from ams.settings import Settings
+from commands.log import EventLog
+from queries import namespaces
+from queries.namespaces import GatewayNamespaces, NotServed
+from replay.sandboxes import SandboxSpec, create_sandbox, drop_sandbox
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture
+async def gateway_namespaces(settings: Settings) -> AsyncIterator[GatewayNamespaces]:
+    """A gateway's namespaces, without the live one or the registry follower: only what a test includes."""
+    client = aioredis.from_url(settings.redis_url)
+    event_log = EventLog(settings.kafka_bootstrap, settings.events_topic,
+                         transactional_id=f"test-namespaces-{uuid.uuid4().hex}", timeout=settings.log_timeout)
+    await event_log.start()
+    served = GatewayNamespaces(settings, client, event_log)
+    try:
+        yield served
+    finally:
+        await served.stop()
+        await event_log.stop()
+        await client.aclose()
+
+
+async def test_a_sandbox_that_cannot_start_names_the_stuck_part_and_holds_up_no_other(
+    gateway_namespaces: GatewayNamespaces, settings: Settings, tenant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(namespaces, "STEP_SECONDS", 10.0)
+    # Registered once, its topics since deleted: its vector view waits for an embeddings stream that is gone.
+    ghost = SandboxSpec(tenant, f"ghost-{uuid.uuid4().hex[:6]}")
+    real = await create_sandbox(settings, tenant, f"real-{uuid.uuid4().hex[:6]}")
+    try:
+        stuck = asyncio.create_task(gateway_namespaces.include(ghost))
+        await asyncio.sleep(0.2)
+        async with asyncio.timeout(5):  # meanwhile another sandbox starts at once
+            await gateway_namespaces.include(real)
+        assert not stuck.done()
+        assert f"{tenant}|{real.name}" in gateway_namespaces.sandboxes
+
+        with pytest.raises(NotServed, match=f"sandbox {tenant}/{ghost.name}: starting its vector view did not "
+                                            "finish within 10s"):
+            await stuck
+        assert f"{tenant}|{ghost.name}" not in gateway_namespaces.sandboxes
+    finally:
+        await drop_sandbox(settings, tenant, real.name)
