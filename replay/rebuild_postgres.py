@@ -82,7 +82,7 @@ async def rebuild_postgres(settings: Settings, *, restart: bool = False, quiet: 
                 await tracker.save()
         return state
     finally:
-        await kafka_clients.stop(admin)
+        await admin.close()
         await redis.aclose()
 
 

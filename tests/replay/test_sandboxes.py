@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from ams.namespaces import ALL_TENANTS
 from ams.settings import Settings
-from replay.sandboxes import follow_registry
+from replay.sandboxes import create_sandbox, drop_sandbox, follow_registry
 from tests.conftest import token_for
 from tests.support import redis_records, topic_exists
 
@@ -139,3 +140,27 @@ async def test_a_sandbox_dropped_and_created_again_under_its_name_is_served_afre
     # Read in batches newest-per-name, the registry still reports the drop before the new sandbox.
     records = [spec async for key, spec in follow_registry(settings, once=True) if key == f"{tenant}|{name}".encode()]
     assert records[-2] is None and records[-1] is not None
+
+
+async def test_sandboxes_dropped_as_their_projections_start_leave_every_worker_projecting_the_next(
+    api: httpx.AsyncClient, admin: httpx.AsyncClient, settings: Settings
+) -> None:
+    """Found in CI: a sandbox dropped while a worker still recovered its partitions left that worker's
+    projection reading the deleted topic for ever (its cancellation was lost), a storm of metadata requests,
+    and the worker projected no later sandbox. An operator's sandbox copies the whole log, so its recovery
+    lasts long enough to be interrupted."""
+    await api.put("/v1/kv/k", json="live")
+    for delay in (0.0, 0.05, 0.1, 0.2, 0.4):
+        name = f"ops-{uuid.uuid4().hex[:8]}"
+        await create_sandbox(settings, ALL_TENANTS, name)
+        await asyncio.sleep(delay)
+        await drop_sandbox(settings, ALL_TENANTS, name)
+
+    name, _ = await make_sandbox(admin)
+    written = await api.put("/v1/kv/after", json={"embedding": [1.0, 0.0]}, headers={"X-AMS-Sandbox": name})
+    assert written.status_code == 200, written.text  # the Redis worker projected it
+    after = {"X-AMS-Sandbox": name, "X-AMS-Min-Position": written.headers["X-AMS-Position"]}
+    history = await api.get("/v1/kv/after/history", headers=after)
+    assert history.status_code == 200, history.text  # the PostgreSQL worker too
+    found = await api.post("/v1/vector/search", json={"embedding": [1.0, 0.0]}, headers=after)
+    assert found.status_code == 200 and [hit["key"] for hit in found.json()] == ["after"], found.text  # the embedder
