@@ -40,7 +40,7 @@ STEP_SECONDS = 20.0
 
 
 class NotServed(Exception):
-    """A namespace's contexts could not be started; the message says which part, and why."""
+    """A part of a namespace's contexts did not start (or stop) in time; the message says which."""
 
 
 async def _bounded(what: str, step: Awaitable[None], seconds: float | None) -> None:
@@ -88,17 +88,17 @@ class GatewayNamespaces:
         cold = ColdStore(replace(self.settings, postgres_schema=namespace.postgres_schema),
                          home=self.settings.postgres_schema)
         vectors = VectorServices(self.settings, self.redis, namespace)
-        started: list[Callable[[], Awaitable[None]]] = []
+        begun: list[Callable[[], Awaitable[None]]] = []
         try:
             for what, part in (("its Redis positions", applied), ("its PostgreSQL reader", cold),
                                ("its vector view", vectors)):
+                begun.append(part.stop)  # one that fails to start may hold something already: it is stopped too
                 await _bounded(f"{namespace.label}: starting {what}", part.start(),
                                None if namespace.is_live else STEP_SECONDS)
-                started.append(part.stop)
         except BaseException:
-            for stop in reversed(started):
+            for stop in reversed(begun):
                 with contextlib.suppress(NotServed):
-                    await _bounded(f"{namespace.label}: stopping what had started", stop(), STEP_SECONDS)
+                    await _bounded(f"{namespace.label}: stopping what had begun", stop(), STEP_SECONDS)
             raise
         event_log = self.live_log if namespace.is_live else self.live_log.at(namespace.topic)
         return Served(namespace, CommandContext(self.settings, event_log, applied),
