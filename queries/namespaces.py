@@ -33,9 +33,9 @@ from replay.sandboxes import SandboxSpec, follow_registry
 
 log = logging.getLogger("ams.gateway")
 HEADER = "x-ams-sandbox"
-# Starting or stopping one part of a sandbox's contexts takes milliseconds; past this, something it waits
-# for is stuck, and that sandbox (only that one) is reported unserved instead of waiting for ever. Live
-# memory's start is not bounded: its vector view may have a large snapshot to load.
+# Starting or stopping one part of a sandbox's contexts takes milliseconds; past this (by default), something
+# it waits for is stuck, and that sandbox (only that one) is reported unserved instead of waiting for ever.
+# Live memory's start is not bounded: its vector view may have a large snapshot to load.
 STEP_SECONDS = 20.0
 
 
@@ -57,20 +57,23 @@ class Served:
     commands: CommandContext
     queries: QueryContext
     vectors: VectorServices
+    step_seconds: float  # the bound on stopping each part
 
     async def stop(self) -> None:
         """Stop every part, each bounded: a part that cannot stop is logged and left behind."""
         for what, step in (("its vector view", self.vectors.stop), ("its Redis positions", self.queries.applied.stop),
                            ("its PostgreSQL reader", self.queries.cold.stop)):
             try:
-                await _bounded(f"{self.namespace.label}: stopping {what}", step(), STEP_SECONDS)
+                await _bounded(f"{self.namespace.label}: stopping {what}", step(), self.step_seconds)
             except NotServed as error:
                 log.warning("%s; left behind", error)
 
 
 class GatewayNamespaces:
-    def __init__(self, settings: Settings, redis_client: aioredis.Redis, live_log: EventLog) -> None:
+    def __init__(self, settings: Settings, redis_client: aioredis.Redis, live_log: EventLog,
+                 step_seconds: float = STEP_SECONDS) -> None:
         self.settings, self.redis, self.live_log = settings, redis_client, live_log
+        self.step_seconds = step_seconds
         self.live: Served | None = None
         self.sandboxes: dict[str, Served] = {}  # "<owner>|<name>" -> contexts
         self._follower: asyncio.Task[None] | None = None
@@ -94,15 +97,16 @@ class GatewayNamespaces:
                                ("its vector view", vectors)):
                 begun.append(part.stop)  # one that fails to start may hold something already: it is stopped too
                 await _bounded(f"{namespace.label}: starting {what}", part.start(),
-                               None if namespace.is_live else STEP_SECONDS)
+                               None if namespace.is_live else self.step_seconds)
         except BaseException:
             for stop in reversed(begun):
                 with contextlib.suppress(NotServed):
-                    await _bounded(f"{namespace.label}: stopping what had begun", stop(), STEP_SECONDS)
+                    await _bounded(f"{namespace.label}: stopping what had begun", stop(), self.step_seconds)
             raise
         event_log = self.live_log if namespace.is_live else self.live_log.at(namespace.topic)
         return Served(namespace, CommandContext(self.settings, event_log, applied),
-                      QueryContext(self.settings, self.redis, applied, self.live_log.partitions, cold), vectors)
+                      QueryContext(self.settings, self.redis, applied, self.live_log.partitions, cold), vectors,
+                      self.step_seconds)
 
     async def start(self, live: Namespace) -> None:
         self.live = await self.serve(live)

@@ -6,12 +6,13 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from ams import kafka_clients
 from ams.kafka_clients import KafkaClient
 from ams.settings import Settings
+from replay.catch_up import started_consumer
 
 pytestmark = pytest.mark.stack
 
@@ -31,12 +32,6 @@ async def cancelled_while_stopping(client: KafkaClient, stopping: Callable[[Kafk
     await asyncio.wait([task])
     await asyncio.sleep(0.5)  # the stop itself goes on to its end
     return task.cancelled() and not carried_on
-
-
-async def started_consumer(settings: Settings) -> AIOKafkaConsumer:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
-    await consumer.start()
-    return consumer
 
 
 async def test_aiokafka_itself_loses_the_cancellation_which_is_why_clients_are_stopped_through_kafka_clients(

@@ -11,7 +11,6 @@ import redis.asyncio as aioredis
 
 from ams.settings import Settings
 from commands.log import EventLog
-from queries import namespaces
 from queries.namespaces import GatewayNamespaces, NotServed
 from replay.sandboxes import SandboxSpec, create_sandbox, drop_sandbox
 
@@ -20,12 +19,13 @@ pytestmark = pytest.mark.stack
 
 @pytest.fixture
 async def gateway_namespaces(settings: Settings) -> AsyncIterator[GatewayNamespaces]:
-    """A gateway's namespaces, without the live one or the registry follower: only what a test includes."""
+    """A gateway's namespaces, without the live one or the registry follower: only what a test includes. Each
+    part of a sandbox must start within 10 s (the default is 20)."""
     client = aioredis.from_url(settings.redis_url)
     event_log = EventLog(settings.kafka_bootstrap, settings.events_topic,
                          transactional_id=f"test-namespaces-{uuid.uuid4().hex}", timeout=settings.log_timeout)
     await event_log.start()
-    served = GatewayNamespaces(settings, client, event_log)
+    served = GatewayNamespaces(settings, client, event_log, step_seconds=10.0)
     try:
         yield served
     finally:
@@ -35,9 +35,8 @@ async def gateway_namespaces(settings: Settings) -> AsyncIterator[GatewayNamespa
 
 
 async def test_a_sandbox_that_cannot_start_names_the_stuck_part_and_holds_up_no_other(
-    gateway_namespaces: GatewayNamespaces, settings: Settings, tenant: str, monkeypatch: pytest.MonkeyPatch
+    gateway_namespaces: GatewayNamespaces, settings: Settings, tenant: str
 ) -> None:
-    monkeypatch.setattr(namespaces, "STEP_SECONDS", 10.0)
     # Registered once, its topics since deleted: its vector view waits for an embeddings stream that is gone.
     ghost = SandboxSpec(tenant, f"ghost-{uuid.uuid4().hex[:6]}")
     real = await create_sandbox(settings, tenant, f"real-{uuid.uuid4().hex[:6]}")
