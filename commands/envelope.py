@@ -121,7 +121,7 @@ def decode(raw: bytes | None, headers: Iterable[tuple[str, bytes]] = (), *, defa
         if kind == STREAM_APPEND:
             check_key(event.key, "stream")
         else:
-            check_key(event.key)  # one argument: the quickest lookup in check_key's cache
+            check_key(event.key)
     except InvalidName as error:
         raise MalformedEvent(str(error)) from None
     if kind == PATCH and type(event.data) is not dict:
