@@ -32,7 +32,11 @@ from projections.projector import LogRecord, Projector, Reseek
 from projections.redis_kv import RedisSink
 from projections.redis_layout import RedisLayout
 
-WINDOW = 10_000  # records of one partition fetched before they are handed to the projector together
+# Records of one partition handed to the projector together: a window of many events reads, folds and
+# writes a key once however many of them it has (`bench.rebuild`, 1M events over 100,000 keys: 0.30x the raw
+# read, against 0.23x with windows of 10,000). Or fewer, once their values reach WINDOW_BYTES: a bound on memory.
+WINDOW = 100_000
+WINDOW_BYTES = 32 << 20
 POLL_SECONDS = 1.0
 REPORT_SECONDS = 0.25
 
@@ -109,6 +113,10 @@ async def build(settings: Settings, generation: int, partitions: list[int], prog
             position[tp] = projector.resume_offset(tp.partition)
             consumer.seek(tp, position[tp])
         pending: dict[TopicPartition, list[LogRecord]] = {tp: [] for tp in remaining}
+        pending_bytes = dict.fromkeys(remaining, 0)
+
+        def window_full(tp: TopicPartition) -> bool:
+            return len(pending[tp]) >= WINDOW or pending_bytes[tp] >= WINDOW_BYTES
 
         def seek(reseek: Reseek) -> None:
             for partition, offset in reseek.offsets.items():
@@ -124,15 +132,16 @@ async def build(settings: Settings, generation: int, partitions: list[int], prog
             if time.monotonic() - polled > POLL_SECONDS:
                 heads = await consumer.end_offsets(list(remaining))
                 polled = time.monotonic()
-            fetching = [tp for tp in remaining if position[tp] < heads[tp] and len(pending[tp]) < WINDOW]
+            fetching = [tp for tp in remaining if position[tp] < heads[tp] and not window_full(tp)]
             if fetching:
                 batch = await consumer.getmany(*fetching, timeout_ms=200, max_records=20_000)
                 for tp, records in batch.items():
                     pending[tp].extend(records)
+                    pending_bytes[tp] += sum(len(record.value or b"") for record in records)
                 for tp in fetching:
                     position[tp] = await consumer.position(tp)  # past transaction markers too
             ready = [tp for tp in remaining
-                     if pending[tp] and (len(pending[tp]) >= WINDOW or position[tp] >= heads[tp])]
+                     if pending[tp] and (window_full(tp) or position[tp] >= heads[tp])]
             if ready:
                 try:
                     await projector.handle_partitions({tp.partition: pending[tp] for tp in ready})
@@ -140,7 +149,7 @@ async def build(settings: Settings, generation: int, partitions: list[int], prog
                     seek(reseek)
                 progress.applied += sum(len(pending[tp]) for tp in ready)
                 for tp in ready:
-                    pending[tp] = []
+                    pending[tp], pending_bytes[tp] = [], 0
             elif not fetching:
                 # Caught up with the head last seen: over the markers that end the partitions (as the live
                 # worker does when idle, or the live checkpoint would stay ahead), write everything, then
