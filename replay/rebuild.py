@@ -32,7 +32,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressC
 from ams.settings import Settings
 from projections.redis_layout import RedisLayout
 from replay import rebuild_worker
-from replay.rebuild_worker import WorkerProgress
+from replay.rebuild_worker import Window, WorkerProgress
 
 console = Console()
 GRACE_SECONDS = 3.0  # > several gateway polls (0.5 s) before a retired generation is dropped
@@ -70,7 +70,7 @@ def default_workers(settings: Settings) -> int:
 
 
 async def rebuild_redis(settings: Settings, *, restart: bool = False, quiet: bool = False,
-                        workers: int | None = None) -> RebuildState:
+                        workers: int | None = None, window: Window | None = None) -> RebuildState:
     layout = RedisLayout(settings.redis_prefix)
     client = aioredis.from_url(settings.redis_url)
     try:
@@ -81,7 +81,7 @@ async def rebuild_redis(settings: Settings, *, restart: bool = False, quiet: boo
         state = RebuildState("redis", building, workers=min(workers or default_workers(settings), settings.partitions))
         await save_state(client, layout, state)
         try:
-            await _build(settings, client, layout, state, quiet)
+            await _build(settings, client, layout, state, quiet, window or Window())
             state.state = "dropping"
             await save_state(client, layout, state)
             await asyncio.sleep(GRACE_SECONDS)
@@ -99,13 +99,13 @@ async def rebuild_redis(settings: Settings, *, restart: bool = False, quiet: boo
 
 
 async def _build(settings: Settings, client: aioredis.Redis, layout: RedisLayout, state: RebuildState,
-                 quiet: bool) -> None:
+                 quiet: bool, window: Window) -> None:
     """Run the workers (each a process with a share of the partitions) and show their combined progress."""
     context = multiprocessing.get_context("spawn")  # never fork a process that runs an event loop
     queue = context.Queue()
     shares = [list(range(settings.partitions))[worker::state.workers] for worker in range(state.workers)]
     processes = [context.Process(target=rebuild_worker.run, name=f"ams-rebuild-{worker}", daemon=True,
-                                 args=(settings, state.generation, share, worker, queue.put))
+                                 args=(settings, state.generation, share, worker, queue.put, window))
                  for worker, share in enumerate(shares)]
     started, saved = time.monotonic(), 0.0
     reports = {worker: WorkerProgress(worker) for worker in range(state.workers)}

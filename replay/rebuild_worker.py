@@ -73,7 +73,16 @@ class WorkerProgress:
 Report = Callable[[WorkerProgress], None]
 
 
-def run(settings: Settings, generation: int, partitions: list[int], worker: int, report: Report) -> None:
+@dataclass(frozen=True)
+class Window:
+    """When the records fetched of a partition are handed to the projector (before the partition is caught up)."""
+
+    records: int = WINDOW
+    value_bytes: int = WINDOW_BYTES
+
+
+def run(settings: Settings, generation: int, partitions: list[int], worker: int, report: Report,
+        window: Window) -> None:
     """A worker process's entry point."""
     # A worker keeps hundreds of thousands of small objects alive (fetched records, their events, folded
     # records), none of them in reference cycles, and the cyclic collector scans them each time it runs: with
@@ -83,7 +92,7 @@ def run(settings: Settings, generation: int, partitions: list[int], worker: int,
     gc.set_threshold(1_000_000, 50, 1000)
     progress = WorkerProgress(worker)
     try:
-        asyncio.run(build(settings, generation, partitions, progress, report, parent=os.getppid()))
+        asyncio.run(build(settings, generation, partitions, progress, report, window, parent=os.getppid()))
     except BaseException as error:
         progress.error = f"{type(error).__name__}: {error}"
         report(progress)
@@ -91,7 +100,7 @@ def run(settings: Settings, generation: int, partitions: list[int], worker: int,
 
 
 async def build(settings: Settings, generation: int, partitions: list[int], progress: WorkerProgress,
-                report: Report, *, parent: int | None = None) -> None:
+                report: Report, window: Window, *, parent: int | None = None) -> None:
     """Fold ``partitions`` from their checkpoints in ``generation`` to the log's head and switch each one."""
     layout = RedisLayout(settings.redis_prefix)
     sink = RedisSink(settings.redis_url, layout, settings.partitions, building=generation)
@@ -116,7 +125,7 @@ async def build(settings: Settings, generation: int, partitions: list[int], prog
         pending_bytes = dict.fromkeys(remaining, 0)
 
         def window_full(tp: TopicPartition) -> bool:
-            return len(pending[tp]) >= WINDOW or pending_bytes[tp] >= WINDOW_BYTES
+            return len(pending[tp]) >= window.records or pending_bytes[tp] >= window.value_bytes
 
         def seek(reseek: Reseek) -> None:
             for partition, offset in reseek.offsets.items():

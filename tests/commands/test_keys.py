@@ -1,5 +1,6 @@
 import pytest
 
+from commands import keys
 from commands.keys import InvalidName, check_key, check_tenant, format_positions, parse_positions, partition_for
 
 
@@ -13,6 +14,18 @@ def test_valid_keys(key: str) -> None:
 def test_invalid_keys_say_why(key: str) -> None:
     with pytest.raises(InvalidName, match="key"):
         check_key(key)
+
+
+def test_an_invalid_key_is_refused_every_time_and_the_valid_ones_remembered_are_bounded() -> None:
+    for _ in range(2):
+        with pytest.raises(InvalidName):
+            check_key("a//b")
+        with pytest.raises(InvalidName, match="stream"):
+            check_key("a//b", "stream")
+    for number in range(keys.VALID_KEYS_REMEMBERED + 10):
+        assert check_key(f"k{number}") == f"k{number}"
+    assert len(keys._VALID_KEYS) <= keys.VALID_KEYS_REMEMBERED
+    assert "a//b" not in keys._VALID_KEYS
 
 
 @pytest.mark.parametrize("tenant", ["", "A", "-a", "a" * 65, "a:b", "a|b"])

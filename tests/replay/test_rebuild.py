@@ -15,6 +15,7 @@ from ams.settings import Settings
 from projections.redis_kv import RedisSink
 from projections.redis_layout import RedisLayout
 from replay.rebuild import read_state, rebuild_redis
+from replay.rebuild_worker import Window
 from tests.replay.digests import end_offsets
 from tests.support import fold_log_for, redis_records
 
@@ -125,6 +126,17 @@ async def test_a_rebuild_rebuilds_the_command_indexes_and_stream_records(
     assert retried.json()["status"] == "duplicate", retried.text
     again = await api.post("/v1/streams/run", json=1, headers={"Idempotency-Key": "step-1"})
     assert again.json()["status"] == "duplicate", again.text
+
+
+@pytest.mark.parametrize("window", [Window(records=3), Window(value_bytes=200)], ids=["by records", "by bytes"])
+async def test_a_rebuild_in_many_small_windows_equals_the_live_projection(
+    api: httpx.AsyncClient, settings: Settings, tenant: str, window: Window
+) -> None:
+    """Each window is folded and its keys carried to the next: a key written in many windows ends the same."""
+    await history_of_writes(api)
+    assert (await rebuild_redis(settings, quiet=True, window=window)).state == "done"
+    expected = {key: record for key, record in (await fold_log_for(settings, tenant)).items() if record is not None}
+    assert await redis_records(settings, tenant) == expected
 
 
 async def test_a_log_ending_in_commit_markers_is_rebuilt_over_them(
