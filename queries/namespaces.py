@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import redis.asyncio as aioredis
 from starlette.requests import Request
@@ -51,6 +52,25 @@ async def _bounded(what: str, step: Awaitable[None], seconds: float | None) -> N
         raise NotServed(f"{what} did not finish within {seconds:g}s") from None
 
 
+class Part(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+def _parts(applied: AppliedPositions, cold: ColdStore, vectors: VectorServices) -> list[tuple[str, Part]]:
+    """A namespace's parts, named, in the order they start (they stop in the reverse order)."""
+    return [("its Redis positions", applied), ("its PostgreSQL reader", cold), ("its vector view", vectors)]
+
+
+async def _stop_parts(label: str, parts: list[tuple[str, Part]], seconds: float) -> None:
+    """Stop the parts, last started first, each bounded: a part that cannot stop is logged and left behind."""
+    for what, part in reversed(parts):
+        try:
+            await _bounded(f"{label}: stopping {what}", part.stop(), seconds)
+        except NotServed as error:
+            log.warning("%s; left behind", error)
+
+
 @dataclass
 class Served:
     namespace: Namespace
@@ -60,13 +80,8 @@ class Served:
     step_seconds: float  # the bound on stopping each part
 
     async def stop(self) -> None:
-        """Stop every part, each bounded: a part that cannot stop is logged and left behind."""
-        for what, step in (("its vector view", self.vectors.stop), ("its Redis positions", self.queries.applied.stop),
-                           ("its PostgreSQL reader", self.queries.cold.stop)):
-            try:
-                await _bounded(f"{self.namespace.label}: stopping {what}", step(), self.step_seconds)
-            except NotServed as error:
-                log.warning("%s; left behind", error)
+        await _stop_parts(self.namespace.label, _parts(self.queries.applied, self.queries.cold, self.vectors),
+                          self.step_seconds)
 
 
 class GatewayNamespaces:
@@ -91,17 +106,14 @@ class GatewayNamespaces:
         cold = ColdStore(replace(self.settings, postgres_schema=namespace.postgres_schema),
                          home=self.settings.postgres_schema)
         vectors = VectorServices(self.settings, self.redis, namespace)
-        begun: list[Callable[[], Awaitable[None]]] = []
+        begun: list[tuple[str, Part]] = []
         try:
-            for what, part in (("its Redis positions", applied), ("its PostgreSQL reader", cold),
-                               ("its vector view", vectors)):
-                begun.append(part.stop)  # one that fails to start may hold something already: it is stopped too
+            for what, part in _parts(applied, cold, vectors):
+                begun.append((what, part))  # one that fails to start may hold something already: it is stopped too
                 await _bounded(f"{namespace.label}: starting {what}", part.start(),
                                None if namespace.is_live else self.step_seconds)
         except BaseException:
-            for stop in reversed(begun):
-                with contextlib.suppress(NotServed):
-                    await _bounded(f"{namespace.label}: stopping what had begun", stop(), self.step_seconds)
+            await _stop_parts(namespace.label, begun, self.step_seconds)
             raise
         event_log = self.live_log if namespace.is_live else self.live_log.at(namespace.topic)
         return Served(namespace, CommandContext(self.settings, event_log, applied),
