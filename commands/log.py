@@ -70,7 +70,7 @@ class EventLog:
     async def start(self) -> None:
         # Clients are made here, not in __init__: aiokafka binds them to the running event loop.
         self._common: dict[str, Any] = {"bootstrap_servers": self.bootstrap, "acks": "all",
-                                        "max_request_size": self.max_request_size, "linger_ms": 1}
+                                        "max_request_size": self.max_request_size}
         self._producer = AIOKafkaProducer(enable_idempotence=True, **self._common)
         self._transactional = AIOKafkaProducer(transactional_id=self.transactional_id, **self._common)
         self._offsets_reader = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,

@@ -123,6 +123,14 @@ class Projector:
             metrics.CHECKPOINT.labels(self.label, partition).set(offset)
         return self.checkpoints
 
+    async def take_partitions(self, partitions: Collection[int]) -> dict[int, int]:
+        """Begin projecting newly assigned ``partitions``: read the store's checkpoints (not in the middle of a
+        batch), restore what the store lost; return the offset to read each partition from."""
+        async with self._lock:
+            await self.load_checkpoints(partitions)
+        await self.recover_incomplete(partitions)
+        return {partition: self.resume_offset(partition) for partition in partitions}
+
     def resume_offset(self, partition: int) -> int:
         return self.checkpoints.get(partition, NO_CHECKPOINT) + 1
 
