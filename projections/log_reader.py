@@ -1,6 +1,6 @@
 """Reading one partition of the log from an offset up to its current end, outside the worker's consumer.
 
-A projection that recovers a partition catches up through this reader instead of seeking its Faust
+A projection that recovers a partition catches up through this reader instead of seeking its worker's
 consumer backwards: records the consumer has already buffered would otherwise reach the projector
 before the re-read ones, and be applied out of order.
 """

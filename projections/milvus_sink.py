@@ -1,4 +1,4 @@
-"""`ams project milvus`: the Milvus view, a Faust worker of ``memory.embeddings``.
+"""`ams project milvus`: the Milvus view, a projection worker of ``memory.embeddings``.
 
 Exactly-once effects without a transaction spanning Milvus: every row is upserted by its key and only
 when the operation's version is newer than the row's (equal, for a repair), and the checkpoint row is

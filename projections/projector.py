@@ -1,6 +1,6 @@
-"""The projection loop's logic, independent of Faust: checkpoints, decoding, dead letters, retries.
+"""The projection loop's logic, independent of the Kafka client: checkpoints, decoding, dead letters, retries.
 
-Faust's own offset commits are only a hint. This class decides what is applied: events at or below the
+Offsets committed to Kafka are only a hint. This class decides what is applied: events at or below the
 sink's checkpoint are skipped, poison records go to the dead-letter topic (the partition keeps moving),
 and a sink that is down is retried until it is back, never skipped.
 
@@ -58,7 +58,7 @@ class LogRecord(Protocol):
 
 
 class RawRecord(NamedTuple):
-    """A `LogRecord` made from what another client (Faust) delivers."""
+    """A `LogRecord` made by hand (tests, or what another client delivers)."""
 
     partition: int
     offset: int
@@ -70,7 +70,7 @@ class RawRecord(NamedTuple):
 
 def _ascending(batch: Sequence[LogRecord], after: int) -> list[LogRecord]:
     """The records above ``after`` with each offset once, in order: a stream re-sought on an assignment may
-    deliver some offsets twice (fetched from Faust's committed offset, then again from the seek)."""
+    deliver some offsets twice (fetched from the group's committed offset, then again from the seek)."""
     fresh = []
     for record in batch:
         if record.offset > after:
@@ -111,7 +111,7 @@ class Projector:
     async def load_checkpoints(self, assigned: Iterable[int] = ()) -> dict[int, int]:
         """Read the store's checkpoints; ``assigned``: the partitions this worker was just given.
 
-        The first records of an assigned partition may come from where Faust last committed, not from the
+        The first records of an assigned partition may come from where the group last committed, not from the
         checkpoint the worker seeks to: they are checked for a gap before anything is applied.
         """
         now = time.monotonic()

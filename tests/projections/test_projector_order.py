@@ -1,7 +1,7 @@
 """The projector applies each offset once and in order, whatever order the stream hands records over in.
 
 Real Kafka (a topic of its own) and real Redis (a namespace of its own); the records are handed to the
-projector as Faust would after a re-seek: from past the checkpoint first, and with repeats.
+projector as a consumer may after a re-seek: from past the checkpoint first, and with repeats.
 """
 
 from __future__ import annotations
