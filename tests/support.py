@@ -49,12 +49,13 @@ async def read_topic(settings: Settings, topic: str, since: dict[int, int] | Non
 
 async def produce_raw(settings: Settings, value: bytes, *, key: bytes | None = None, partition: int | None = None,
                       headers: list[tuple[str, bytes]] | None = None,
-                      compression: str | None = None) -> tuple[int, int]:
+                      compression: str | None = None, topic: str | None = None) -> tuple[int, int]:
+    """Produce ``value`` as it is into the live log (or ``topic``), as another tool might."""
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", compression_type=compression,
                                 max_request_size=32 << 20)
     await producer.start()
     try:
-        sent = await producer.send_and_wait(settings.events_topic, value, key=key, partition=partition,
+        sent = await producer.send_and_wait(topic or settings.events_topic, value, key=key, partition=partition,
                                             headers=headers)
         return sent.partition, sent.offset
     finally:

@@ -7,13 +7,16 @@ import uuid
 from collections.abc import AsyncIterator
 
 import httpx
+import orjson
 import pytest
 
-from ams.namespaces import ALL_TENANTS
+from ams.namespaces import ALL_TENANTS, sandbox
 from ams.settings import Settings
+from commands.envelope import PUT, Event, encode, now_ms
+from commands.keys import kafka_key, partition_for
 from replay.sandboxes import create_sandbox, drop_sandbox, follow_registry
 from tests.conftest import token_for
-from tests.support import redis_records, topic_exists
+from tests.support import produce_raw, read_topic, redis_records, topic_exists
 
 pytestmark = pytest.mark.stack
 
@@ -78,6 +81,30 @@ async def test_writes_to_a_sandbox_never_touch_live_and_diffs_show_them(
     await api.put("/v1/kv/same", json=2)  # live moves on after the fork
     against_source = (await admin.get(f"/v1/sandboxes/{name}/diff", params={"against": "source"})).json()
     assert [row["key"] for row in against_source["differences"]] == ["new", "plan"]
+
+
+async def test_a_sandbox_dead_letters_an_oversized_value_as_live_memory_does(
+    api: httpx.AsyncClient, admin: httpx.AsyncClient, settings: Settings, tenant: str
+) -> None:
+    """A sandbox's projections are made and fed as the live ones are: a value over the limit, produced straight
+    into the sandbox's log, is dead-lettered (not applied) and the partition keeps moving."""
+    name, headers = await make_sandbox(admin)
+    topic = sandbox(settings, tenant, name).topic
+    partition = partition_for(kafka_key(tenant, "big"), settings.partitions)
+    huge = Event(PUT, tenant, "big", "x" * (settings.max_value_bytes + 1), ts=now_ms())
+    oversized = await produce_raw(settings, encode(huge), partition=partition, compression="gzip", topic=topic)
+    await produce_raw(settings, encode(Event(PUT, tenant, "big", "small", ts=now_ms())), partition=partition,
+                      topic=topic)
+
+    async with asyncio.timeout(20):
+        while (await api.get("/v1/kv/big", headers=headers)).status_code != 200:
+            await asyncio.sleep(0.1)
+    assert (await api.get("/v1/kv/big", headers=headers)).json() == "small"
+    letters = [orjson.loads(dict(record.headers)["ams.dead_letter"])
+               for record in await read_topic(settings, settings.dlq_topic)]
+    mine = [letter for letter in letters if letter["topic"] == topic]
+    assert {(letter["partition"], letter["offset"]) for letter in mine} >= {oversized}
+    assert all(f"over the {settings.max_value_bytes}-byte limit" in letter["reason"] for letter in mine)
 
 
 async def test_drop_removes_every_trace(api: httpx.AsyncClient, admin: httpx.AsyncClient, settings: Settings,
