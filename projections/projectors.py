@@ -59,15 +59,16 @@ def source_topic(sink: ProjectionSink, namespace: Namespace) -> str:
     return namespace.embeddings_topic if sink.source == "embeddings" else namespace.topic
 
 
-def projector_for(sink: ProjectionSink, settings: Settings, namespace: Namespace) -> Projector:
-    """The one way a projector is made, live or for a sandbox: same dead letters, decoding and size limit."""
+def projector_for(sink: ProjectionSink, settings: Settings, namespace: Namespace, *, label: str = "") -> Projector:
+    """The one way a projector is made, live, for a sandbox or for a rebuild (``label`` names it in logs and
+    metrics): the same dead letters, decoding and value-size limit."""
     topic = source_topic(sink, namespace)
     decoder: Callable[[LogRecord], Any] | None = None
     if sink.source == "embeddings":
         from projections.embeddings import decode_op
 
         decoder = lambda record: decode_op(record.value)  # noqa: E731 - a one-line adapter
-    label = sink.name if namespace.is_live else f"{sink.name} {namespace.label}"
+    label = label or (sink.name if namespace.is_live else f"{sink.name} {namespace.label}")
     return Projector(sink, DeadLetters(settings.kafka_bootstrap, settings.dlq_topic, topic), settings.default_tenant,
                      PartitionReader(settings.kafka_bootstrap, topic), label=label, decoder=decoder,
                      max_value_bytes=settings.max_value_bytes)

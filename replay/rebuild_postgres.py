@@ -31,13 +31,11 @@ import asyncpg
 import redis.asyncio as aioredis
 from rich.progress import Progress
 
-from ams import kafka_clients
+from ams import kafka_clients, namespaces
 from ams.settings import Settings
-from projections.dead_letters import DeadLetters
-from projections.log_reader import PartitionReader
 from projections.postgres import PostgresSink
 from projections.postgres_schema import BATCH_LOCK_EXCLUSIVE, BATCH_UNLOCK, check_schema
-from projections.projector import Projector
+from projections.projectors import projector_for
 from projections.redis_layout import RedisLayout
 from replay.catch_up import Builder, Tracker, progress_display, started_consumer
 from replay.rebuild import GRACE_SECONDS, RebuildState, save_state
@@ -89,10 +87,7 @@ async def rebuild_postgres(settings: Settings, *, restart: bool = False, quiet: 
 async def _build_and_swap(settings: Settings, admin: asyncpg.Connection, tracker: Tracker, live: str, building: str,
                           retired: str) -> None:
     sink = PostgresSink(settings.postgres_dsn, building, settings.partitions, projection=PROJECTION)
-    dead_letters = DeadLetters(settings.kafka_bootstrap, settings.dlq_topic, settings.events_topic)
-    projector = Projector(sink, dead_letters, settings.default_tenant,
-                          PartitionReader(settings.kafka_bootstrap, settings.events_topic), label="postgres rebuild",
-                          max_value_bytes=settings.max_value_bytes)
+    projector = projector_for(sink, settings, namespaces.live(settings), label="postgres rebuild")
     consumer = await started_consumer(settings)
     try:
         builder = Builder(projector, consumer, settings.events_topic, settings.partitions, tracker)
@@ -113,7 +108,7 @@ async def _build_and_swap(settings: Settings, admin: asyncpg.Connection, tracker
         tracker.state.switched = list(range(settings.partitions))
     finally:
         await kafka_clients.stop(consumer)
-        await dead_letters.close()
+        await projector.dead_letters.close()
         await sink.close()
 
 

@@ -41,16 +41,15 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from rich.progress import Progress
 
 from ams import kafka_clients
+from ams.namespaces import live
 from ams.settings import Settings
-from projections.dead_letters import DeadLetters
-from projections.embeddings import decode_op
 from projections.faiss_feed import apply_batch, index_params
 from projections.faiss_files import drop_older, generation_path, newest_generation, rebuild_path
 from projections.faiss_view import FaissView
-from projections.log_reader import PartitionReader
 from projections.milvus_sink import MilvusSink
 from projections.milvus_store import MilvusStore
 from projections.projector import Projector
+from projections.projectors import projector_for
 from projections.redis_layout import RedisLayout
 from replay.catch_up import Builder, Tracker, progress_display, started_consumer
 from replay.rebuild import RebuildState, save_state
@@ -152,10 +151,7 @@ async def _wait_for_adoption(published: os.PathLike[str]) -> bool:
 
 def milvus_projector(settings: Settings, sink: MilvusSink) -> Projector:
     """The live Milvus worker's projector, over a sink that writes a generation being built."""
-    topic = settings.embeddings_topic
-    return Projector(sink, DeadLetters(settings.kafka_bootstrap, settings.dlq_topic, topic), settings.default_tenant,
-                     PartitionReader(settings.kafka_bootstrap, topic), label="milvus rebuild",
-                     decoder=lambda record: decode_op(record.value))
+    return projector_for(sink, settings, live(settings), label="milvus rebuild")
 
 
 async def _rebuild_milvus(settings: Settings, tracker: Tracker, restart: bool) -> None:

@@ -25,10 +25,10 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ams import kafka_clients
+from ams.namespaces import live
 from ams.settings import Settings
-from projections.dead_letters import DeadLetters
-from projections.log_reader import PartitionReader
-from projections.projector import LogRecord, Projector, Reseek
+from projections.projector import LogRecord, Reseek
+from projections.projectors import projector_for
 from projections.redis_kv import RedisSink
 from projections.redis_layout import RedisLayout
 
@@ -103,10 +103,7 @@ async def build(settings: Settings, generation: int, partitions: list[int], prog
     """Fold ``partitions`` from their checkpoints in ``generation`` to the log's head and switch each one."""
     layout = RedisLayout(settings.redis_prefix)
     sink = RedisSink(settings.redis_url, layout, settings.partitions, building=generation)
-    dead_letters = DeadLetters(settings.kafka_bootstrap, settings.dlq_topic, settings.events_topic)
-    projector = Projector(sink, dead_letters, settings.default_tenant,
-                          PartitionReader(settings.kafka_bootstrap, settings.events_topic), label="redis rebuild",
-                          max_value_bytes=settings.max_value_bytes)
+    projector = projector_for(sink, settings, live(settings), label="redis rebuild")
     client = aioredis.from_url(settings.redis_url)
     switch = client.register_script(SWITCH)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
@@ -185,6 +182,6 @@ async def build(settings: Settings, generation: int, partitions: list[int], prog
         report(progress)
     finally:
         await kafka_clients.stop(consumer)
-        await dead_letters.close()
+        await projector.dead_letters.close()
         await sink.close()
         await client.aclose()
