@@ -152,8 +152,12 @@ class EventLog:
         moment the committed head can lag a position its writer already holds; this one never does."""
         return await self._ends(self._written_reader)
 
-    async def _ends(self, reader: AIOKafkaConsumer) -> dict[int, int]:
-        partitions = [TopicPartition(self.topic, partition) for partition in range(self.partitions)]
+    async def end_offset(self, topic: str) -> int:
+        """The committed head of another topic of one partition (the sandbox registry)."""
+        return (await self._ends(self._offsets_reader, [TopicPartition(topic, 0)]))[0]
+
+    async def _ends(self, reader: AIOKafkaConsumer, partitions: list[TopicPartition] | None = None) -> dict[int, int]:
+        partitions = partitions or [TopicPartition(self.topic, partition) for partition in range(self.partitions)]
         try:
             ends = await asyncio.wait_for(reader.end_offsets(partitions), self.timeout)
         except TimeoutError:

@@ -17,20 +17,23 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 import redis.asyncio as aioredis
+from starlette.datastructures import Headers
 from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ams.auth import Unauthorized
 from ams.http import ApiError
 from ams.namespaces import ALL_TENANTS, Namespace
 from ams.settings import Settings
 from ams.tasks import cancel_all
 from commands.http import CommandContext
-from commands.log import EventLog
+from commands.log import EventLog, LogUnavailable
 from projections.redis_layout import RedisLayout
 from queries.cold import ColdStore
 from queries.context import QueryContext
 from queries.positions import AppliedChannels, AppliedPositions
 from queries.vectors import VectorServices
-from replay.sandboxes import SandboxSpec, follow_registry
+from replay.sandboxes import SandboxSpec, follow_registry, registry_topic
 
 log = logging.getLogger("ams.gateway")
 HEADER = "x-ams-sandbox"
@@ -38,6 +41,8 @@ HEADER = "x-ams-sandbox"
 # it waits for is stuck, and that sandbox (only that one) is reported unserved instead of waiting for ever.
 # Live memory's start is not bounded: its vector view may have a large snapshot to load.
 STEP_SECONDS = 20.0
+# How long a request naming a sandbox this gateway does not serve waits for its registry follower to catch up.
+CATCH_UP_SECONDS = 5.0
 
 
 class NotServed(Exception):
@@ -98,6 +103,8 @@ class GatewayNamespaces:
         # One lock per sandbox, so that a sandbox slow to start or stop holds up no other (a few bytes per
         # sandbox this gateway ever saw; dropping one while a waiter is about to take it would let two in).
         self._updating: dict[str, asyncio.Lock] = {}
+        self.registry_read = 0  # the registry's offset up to which every record has been handled
+        self._registry_moved = asyncio.Event()
 
     async def serve(self, namespace: Namespace) -> Served:
         """The namespace's contexts, started; NotServed names the part that did not start."""
@@ -134,7 +141,8 @@ class GatewayNamespaces:
     async def _follow(self) -> None:
         while True:
             try:
-                async with contextlib.aclosing(follow_registry(self.settings)) as registry:  # closed when cancelled
+                following = follow_registry(self.settings, read_through=self._read_through)
+                async with contextlib.aclosing(following) as registry:  # closed when cancelled
                     async for key, spec in registry:
                         await self._update(key.decode(), spec)
             except asyncio.CancelledError:
@@ -144,6 +152,28 @@ class GatewayNamespaces:
             except Exception as error:  # noqa: BLE001 - keep following through broker restarts
                 log.warning("lost the sandbox registry (%r); following it again in 1s", error)
             await asyncio.sleep(1)
+
+    def _read_through(self, offset: int) -> None:
+        if offset > self.registry_read:
+            self.registry_read = offset
+            self._registry_moved.set()
+            self._registry_moved = asyncio.Event()
+
+    async def catch_up(self, seconds: float = CATCH_UP_SECONDS) -> None:
+        """Wait until this gateway has handled the sandbox registry up to where it ends now (at most ``seconds``):
+        a sandbox created a moment ago, through another gateway (process) or the CLI, is then served."""
+        try:
+            end = await self.live_log.end_offset(registry_topic(self.settings))
+        except LogUnavailable as error:
+            log.warning("could not read where the sandbox registry ends (%s); answering from what is known", error)
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                while self.registry_read < end:
+                    await self._registry_moved.wait()
+
+    def find(self, tenant: str, name: str) -> Served | None:
+        return self.sandboxes.get(f"{tenant}|{name}") or self.sandboxes.get(f"{ALL_TENANTS}|{name}")
 
     async def _update(self, key: str, spec: SandboxSpec | None) -> None:
         lock = self._updating.setdefault(key, asyncio.Lock())
@@ -166,7 +196,29 @@ class GatewayNamespaces:
             assert self.live is not None, "the gateway has not started"
             return self.live
         tenant = request.state.principal.tenant  # set by authorize(), which every route calls first
-        served = self.sandboxes.get(f"{tenant}|{name}") or self.sandboxes.get(f"{ALL_TENANTS}|{name}")
+        served = self.find(tenant, name)
         if served is None:
             raise ApiError(404, "no_sandbox", f"no sandbox named {name!r}; list yours with GET /v1/sandboxes")
         return served
+
+
+class SandboxesKnown:
+    """A request naming a sandbox its gateway does not serve reaches its route only once the gateway has read
+    the sandbox registry to its end, so a sandbox is usable the moment its creation returns, whichever gateway
+    process created it (or the CLI). Requests for sandboxes already served, and without one, pass at once."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        name = Headers(scope=scope).get(HEADER) if scope["type"] == "http" else None
+        if name:
+            state = scope["app"].state
+            try:
+                tenant = state.verifier.verify(Headers(scope=scope).get("authorization")).tenant
+            except Unauthorized:
+                tenant = None  # the route answers 401
+            namespaces: GatewayNamespaces = state.namespaces
+            if tenant is not None and namespaces.find(tenant, name) is None:
+                await namespaces.catch_up()
+        await self.app(scope, receive, send)

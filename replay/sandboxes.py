@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import asdict, dataclass, field, replace
 
 import orjson
@@ -69,9 +69,10 @@ def registry_topic(settings: Settings) -> str:
 
 
 async def follow_registry(
-    settings: Settings, *, once: bool = False
+    settings: Settings, *, once: bool = False, read_through: Callable[[int], None] | None = None
 ) -> AsyncGenerator[tuple[bytes, SandboxSpec | None], None]:
-    """The registry as it stands (then, unless ``once``, its changes as they come).
+    """The registry as it stands (then, unless ``once``, its changes as they come). ``read_through`` is told
+    the registry's offset up to which every record has been yielded and handled by the caller.
 
     Only the newest record of each key counts, over all of the catch-up and then over each batch: a
     follower starting (or starting again) never serves a sandbox already dropped, whose topics are gone
@@ -88,11 +89,14 @@ async def follow_registry(
         newest: dict[bytes, bytes | None] = {}
         dropped: set[bytes] = set()
         while True:
-            if await consumer.position(tp) >= catching_up_to:
+            position = await consumer.position(tp)
+            if position >= catching_up_to:
                 for key, value in newest.items():
                     if value is not None and key in dropped:
                         yield key, None
                     yield key, SandboxSpec(**orjson.loads(value)) if value is not None else None
+                if read_through is not None:
+                    read_through(position)
                 if once:
                     return
                 newest, dropped, catching_up_to = {}, set(), 0  # caught up: now each batch as it comes

@@ -107,6 +107,21 @@ async def test_a_sandbox_dead_letters_an_oversized_value_as_live_memory_does(
     assert all(f"over the {settings.max_value_bytes}-byte limit" in letter["reason"] for letter in mine)
 
 
+async def test_a_sandbox_created_through_the_cli_is_usable_the_moment_create_returns(
+    api: httpx.AsyncClient, settings: Settings, tenant: str
+) -> None:
+    """`ams sandbox create` registers the sandbox without any gateway: the next request naming it must find
+    it (the gateway reads the registry to its end before answering 404), not a 404 a moment later."""
+    for _ in range(3):
+        name = f"cli-{uuid.uuid4().hex[:8]}"
+        await create_sandbox(settings, tenant, name)
+        try:
+            response = await api.get("/v1/kv/never-written", headers={"X-AMS-Sandbox": name})
+            assert response.json()["error"]["code"] == "not_found", response.text
+        finally:
+            await drop_sandbox(settings, tenant, name)
+
+
 async def test_drop_removes_every_trace(api: httpx.AsyncClient, admin: httpx.AsyncClient, settings: Settings,
                                         tenant: str) -> None:
     await api.put("/v1/kv/k", json=1)
