@@ -50,12 +50,11 @@ class Agent:
         return {"Idempotency-Key": f"bench-{self.run}-{self._writes}"}
 
     def put(self, key: str, *, wait: bool = True) -> str:
-        """Write ``key``; its position. A strong write's position joins the session token."""
+        """Write ``key``; its position (which joins the session token)."""
         headers = self._idempotency() | ({} if wait else {"Prefer": "respond-async"})
         answer = expect(self.http.request("PUT", f"/v1/kv/{key}", VALUE, headers), 200 if wait else 202)
         position = answer.headers["x-ams-position"]
-        if wait:
-            self.session.observe(position)
+        self.session.observe(position)
         return position
 
     def batch(self, operations: list[dict[str, Any]]) -> str:

@@ -81,7 +81,7 @@ def wrk(name: str, base_url: str, target: Target, *, seconds: float, connections
              base_url],
             capture_output=True, text=True, check=True,
         ).stdout
-    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", output, re.M))
+    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", output, re.M))
     if set(percentiles) != {"50", "99"}:
         raise SystemExit(f"wrk's output for {name} has no latency distribution:\n{output}")
     requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
