@@ -22,7 +22,7 @@ from rich.progress import Progress
 
 from ams import kafka_clients
 from ams.settings import Settings, get_settings
-from bench.common import console
+from bench.common import console, progress
 from commands.envelope import DELETE, PATCH, PUT, Event, encode, uuid7
 from commands.keys import kafka_key
 from projections.redis_layout import RedisLayout
@@ -35,7 +35,7 @@ async def produce(settings: Settings, events: int, keys: int) -> None:
     await producer.start()
     rng = random.Random(7)
     try:
-        with Progress(console=console) as bar:
+        with Progress(console=progress) as bar:
             task = bar.add_task(f"producing {events:,} events", total=events)
             pending = []
             for i in range(events):
@@ -65,7 +65,7 @@ async def raw_read(settings: Settings, events: int) -> float:
         for tp in partitions:
             consumer.seek(tp, 0)
         seen, started = 0, time.perf_counter()
-        with Progress(console=console) as bar:
+        with Progress(console=progress) as bar:
             task = bar.add_task("raw aiokafka read", total=events)
             while seen < events:
                 batch = await consumer.getmany(timeout_ms=1000, max_records=5000)
@@ -85,7 +85,7 @@ async def compact_append_only_file(settings: Settings) -> None:
     try:
         if (await client.config_get("appendonly")).get("appendonly") != "yes":
             return
-        with console.status("compacting Redis's append-only file"):
+        with progress.status("compacting Redis's append-only file"):
             while True:
                 persistence = await client.info("persistence")
                 if not (persistence["aof_rewrite_in_progress"] or persistence["aof_rewrite_scheduled"]):
@@ -98,7 +98,26 @@ async def compact_append_only_file(settings: Settings) -> None:
         await client.aclose()
 
 
-async def main(events: int, keys: int) -> None:
+@dataclasses.dataclass(frozen=True)
+class RebuildSpeed:
+    events: int
+    keys: int
+    partitions: int
+    raw_before: float  # events/s of the raw read before the rebuild
+    raw_after: float  # and after it
+    building: float  # events/s of the rebuild's building phase
+    whole: float  # events/s of the whole command: the switch, the grace and dropping the old generation
+
+    @property
+    def raw(self) -> float:
+        """A raw read takes a second or two, so one read swings with the machine's other work: two, around
+        the rebuild, and their mean."""
+        return (self.raw_before + self.raw_after) / 2
+
+
+async def measure(events: int, keys: int, *, quiet: bool = False) -> RebuildSpeed:
+    """Produce ``events`` events over ``keys`` keys into a topic of their own, then time raw reads around
+    `ams rebuild redis` of that topic; everything it made is removed afterwards."""
     base = get_settings()
     run = uuid.uuid4().hex[:8]
     settings = dataclasses.replace(base, events_topic=f"ams.bench.rebuild.{run}", redis_prefix=f"bench-{run}")
@@ -110,19 +129,10 @@ async def main(events: int, keys: int) -> None:
         await compact_append_only_file(settings)
         before = await raw_read(settings, events)
         started = time.perf_counter()
-        state = await rebuild_redis(settings)
-        rebuild = state.applied / (time.perf_counter() - started)
+        state = await rebuild_redis(settings, quiet=quiet)
+        whole = state.applied / (time.perf_counter() - started)
         after = await raw_read(settings, events)
-        # A raw read takes a second or two, so one read swings with the machine's other work: two, around
-        # the rebuild, and their mean.
-        raw = (before + after) / 2
-        console.print(f"[bold]bench.rebuild[/bold] {events:,} events, {keys:,} keys, {settings.partitions} partitions")
-        console.print(f"  raw aiokafka read          : {raw:>10,.0f} events/s "
-                      f"(mean of {before:,.0f} before the rebuild and {after:,.0f} after it)")
-        console.print(f"  rebuild, building phase    : {state.events_per_second:>10,.0f} events/s "
-                      f"({state.events_per_second / raw:.2f}x raw; target >= 0.25x)")
-        console.print(f"  rebuild, whole command     : {rebuild:>10,.0f} events/s "
-                      f"(with the switch, a {GRACE_SECONDS:g}s grace and dropping the old generation)")
+        return RebuildSpeed(events, keys, settings.partitions, before, after, state.events_per_second, whole)
     finally:
         await admin.delete_topics([settings.events_topic])
         await kafka_clients.stop(admin)
@@ -132,6 +142,17 @@ async def main(events: int, keys: int) -> None:
         async for name in client.scan_iter(match=f"{settings.redis_prefix}:*"):
             await client.unlink(name)
         await client.aclose()
+
+
+async def main(events: int, keys: int) -> None:
+    speed = await measure(events, keys)
+    console.print(f"[bold]bench.rebuild[/bold] {events:,} events, {keys:,} keys, {speed.partitions} partitions")
+    console.print(f"  raw aiokafka read          : {speed.raw:>10,.0f} events/s "
+                  f"(mean of {speed.raw_before:,.0f} before the rebuild and {speed.raw_after:,.0f} after it)")
+    console.print(f"  rebuild, building phase    : {speed.building:>10,.0f} events/s "
+                  f"({speed.building / speed.raw:.2f}x raw; target >= 0.25x)")
+    console.print(f"  rebuild, whole command     : {speed.whole:>10,.0f} events/s "
+                  f"(with the switch, a {GRACE_SECONDS:g}s grace and dropping the old generation)")
 
 
 if __name__ == "__main__":

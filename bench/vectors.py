@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -31,6 +28,7 @@ from rich.table import Table
 from ams import kafka_clients
 from ams.auth import issue_dev_token
 from ams.settings import Settings, get_settings
+from bench import bare_endpoint
 from commands.envelope import PUT, Event, encode, now_ms, uuid7
 from commands.keys import format_positions, kafka_key, partition_for
 from projections.milvus_store import MilvusStore
@@ -138,14 +136,6 @@ async def wait_for_views(api: httpx.AsyncClient, store: MilvusStore, target: dic
             await asyncio.sleep(1)
 
 
-def bare_endpoint() -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "bench.bare_endpoint", "--port", str(port)])
-    return process, f"http://127.0.0.1:{port}"
-
-
 @dataclass
 class Measured:
     found: list[list[int]] = field(default_factory=list)
@@ -169,63 +159,52 @@ async def run(args: argparse.Namespace) -> None:
     index = await asyncio.to_thread(raw_faiss, settings, data)
     tenant = f"bench{uuid.uuid4().hex[:8]}"
     token = issue_dev_token(settings, tenant, ["memory:read", "memory:write"], subject="bench")
-    process, bare_url = bare_endpoint()
-    store = await asyncio.to_thread(MilvusStore, settings.milvus_endpoint, settings.vector_ef_search)
-    paths = {name: Measured() for name in ("api", "raw", "bare", "milvus")}
-    try:
-        async with httpx.AsyncClient(base_url=settings.gateway_url, timeout=60,
-                                     headers={"Authorization": f"Bearer {token}"}) as api, \
-                httpx.AsyncClient(base_url=bare_url, timeout=30) as bare:
-            began = time.monotonic()
-            target = await load(settings, tenant, data)
-            await wait_for_views(api, store, target, args.timeout)
-            console.print(f"log -> embedder -> memory.embeddings -> both views in {time.monotonic() - began:.0f}s "
-                          f"(through {format_positions(target)})")
-            # Milvus Lite searches rows still in its memtable by brute force; sealing them builds the HNSW index.
-            await asyncio.to_thread(store.follow_live)
-            await asyncio.to_thread(store.client.flush, store.collection(tenant))
-            await wait_until_up(bare)
-
-            async def api_call(query: np.ndarray) -> list[int]:
-                response = await api.post("/v1/vector/search", json={"embedding": query.tolist(), "k": K})
-                response.raise_for_status()
-                return [int(result["key"].split("/")[1]) for result in response.json()]
-
-            async def bare_call(query: np.ndarray) -> list[int]:
-                response = await bare.post("/search", json={"embedding": query.tolist(), "k": K})
-                response.raise_for_status()
-                return []
-
-            async def raw_call(query: np.ndarray) -> list[int]:
-                _, labels = index.search(normalized(query.reshape(1, -1)), K)
-                return [int(label) for label in labels[0]]
-
-            async def milvus_call(query: np.ndarray) -> list[int]:  # a blocking call on purpose: its own latency
-                hits = store.search(tenant, query, K, "", now_ms())
-                return [int(hit["key"].split("/")[1]) for hit in hits]
-
-            calls = {"api": api_call, "raw": raw_call, "bare": bare_call, "milvus": milvus_call}
-            with progress() as bar:
-                task = bar.add_task("searching, paths interleaved", total=len(queries))
-                for number, query in enumerate(queries):  # interleaved: every path sees the same machine load
-                    for name, call in calls.items():
-                        if name != "milvus" or number < args.milvus_queries:
-                            await measure(paths[name], partial(call, query))
-                    bar.advance(task)
-    finally:
-        store.close()
-        process.terminate()
-        process.wait()
-    report(paths, truth)
-
-
-async def wait_until_up(client: httpx.AsyncClient) -> None:
-    for _ in range(100):
+    with bare_endpoint.running(bare_endpoint.gateway_processes()) as bare_port:
+        bare_url = f"http://127.0.0.1:{bare_port}"
+        store = await asyncio.to_thread(MilvusStore, settings.milvus_endpoint, settings.vector_ef_search)
+        paths = {name: Measured() for name in ("api", "raw", "bare", "milvus")}
         try:
-            await client.post("/search", json={"k": K})
-            return
-        except httpx.TransportError:
-            await asyncio.sleep(0.1)
+            async with httpx.AsyncClient(base_url=settings.gateway_url, timeout=60,
+                                         headers={"Authorization": f"Bearer {token}"}) as api, \
+                    httpx.AsyncClient(base_url=bare_url, timeout=30) as bare:
+                began = time.monotonic()
+                target = await load(settings, tenant, data)
+                await wait_for_views(api, store, target, args.timeout)
+                console.print(f"log -> embedder -> memory.embeddings -> both views in {time.monotonic() - began:.0f}s "
+                              f"(through {format_positions(target)})")
+                # Milvus Lite searches rows still in its memtable by brute force; sealing them builds the HNSW index.
+                await asyncio.to_thread(store.follow_live)
+                await asyncio.to_thread(store.client.flush, store.collection(tenant))
+
+                async def api_call(query: np.ndarray) -> list[int]:
+                    response = await api.post("/v1/vector/search", json={"embedding": query.tolist(), "k": K})
+                    response.raise_for_status()
+                    return [int(result["key"].split("/")[1]) for result in response.json()]
+
+                async def bare_call(query: np.ndarray) -> list[int]:
+                    response = await bare.post("/search", json={"embedding": query.tolist(), "k": K})
+                    response.raise_for_status()
+                    return []
+
+                async def raw_call(query: np.ndarray) -> list[int]:
+                    _, labels = index.search(normalized(query.reshape(1, -1)), K)
+                    return [int(label) for label in labels[0]]
+
+                async def milvus_call(query: np.ndarray) -> list[int]:  # a blocking call on purpose: its own latency
+                    hits = store.search(tenant, query, K, "", now_ms())
+                    return [int(hit["key"].split("/")[1]) for hit in hits]
+
+                calls = {"api": api_call, "raw": raw_call, "bare": bare_call, "milvus": milvus_call}
+                with progress() as bar:
+                    task = bar.add_task("searching, paths interleaved", total=len(queries))
+                    for number, query in enumerate(queries):  # interleaved: every path sees the same machine load
+                        for name, call in calls.items():
+                            if name != "milvus" or number < args.milvus_queries:
+                                await measure(paths[name], partial(call, query))
+                        bar.advance(task)
+        finally:
+            store.close()
+    report(paths, truth)
 
 
 def report(paths: dict[str, Measured], truth: np.ndarray) -> None:

@@ -14,8 +14,9 @@ REQUIRED = {
     "java": "openjdk-17-jre-headless",
     "mvn": "maven",
 }
-# Only the test suite needs these: it validates compose/docker-compose*.yml without a Docker engine.
-FOR_TESTS = {"docker-compose": "docker-compose"}
+# Only the test suite needs these: it validates compose/docker-compose*.yml without a Docker engine, and
+# runs `bench.latency --quick` (tests/bench), which loads the gateway with wrk.
+FOR_TESTS = {"docker-compose": "docker-compose", "wrk": "wrk"}
 # The benchmarks load the gateway with wrk, so that the load generator is not the bottleneck.
 FOR_BENCH = {"wrk": "wrk"}
 

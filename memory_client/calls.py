@@ -8,12 +8,18 @@ consistency tokens, maps errors to typed exceptions and parses::
     response = http.request(call.method, call.path, params=call.params,
                             headers=request_headers(call, session), content=call.content)
     return finish(call, response, session)
+
+A request whose answer never came because the connection failed (a keep-alive connection the server had
+closed, a refused connection) is sent again, a few times with a short pause (:func:`should_retry`,
+:func:`retry_delay`). That is safe for a write too: every write carries an ``Idempotency-Key`` (one made up
+here when the caller gives none), the same on each attempt, so the log applies it once.
 """
 
 from __future__ import annotations
 
 import enum
 import json
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -45,6 +51,14 @@ JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
 #: The error code of a 404/405 that did not come from an AMS route (the gateway lacks the endpoint).
 NO_ROUTE = "no_route"
+#: How many times a request that got no answer over a failed connection is sent again, by default.
+DEFAULT_RETRIES = 3
+#: The pause before the second retry; it grows by this much each time (the first retry goes at once: a
+#: closed keep-alive connection is the usual cause, and a fresh connection fixes it).
+RETRY_BACKOFF = 0.05
+#: Failures of the connection itself, before any answer: the request can be sent again. A timeout is not
+#: one of them (the server may still be working on it; the caller chose how long to wait).
+UNANSWERED = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 
 class _Raise(enum.Enum):
@@ -107,8 +121,7 @@ def _write_headers(
         headers["If-Match"] = f'"{int(if_version)}"'
     if if_absent:
         headers["If-None-Match"] = "*"
-    if idempotency_key is not None:
-        headers["Idempotency-Key"] = idempotency_key
+    headers["Idempotency-Key"] = idempotency_key if idempotency_key is not None else str(uuid.uuid4())
     if not wait:
         headers["Prefer"] = "respond-async"
     return headers
@@ -340,6 +353,16 @@ def request_headers(call: Call[Any], session: Session) -> dict[str, str]:
         if token:
             headers[MIN_POSITION] = token
     return headers
+
+
+def should_retry(error: httpx.TransportError, attempt: int, retries: int) -> bool:
+    """Whether to send again after ``error`` on attempt ``attempt`` (0 for the first) of at most 1 + ``retries``."""
+    return attempt < retries and isinstance(error, UNANSWERED)
+
+
+def retry_delay(attempt: int) -> float:
+    """Seconds to wait before resending after attempt ``attempt`` failed: 0, then 0.05, 0.1, ..."""
+    return RETRY_BACKOFF * attempt
 
 
 def _observe(session: Session, token: str | None) -> None:

@@ -1,12 +1,15 @@
 """`MemoryClient` (sync) and `AsyncMemoryClient` (async) over httpx.
 
 Both are thin: every public method is one line that builds a :class:`~memory_client.calls.Call` and
-hands it to the client's single ``_execute``, which sends it and lets :func:`~memory_client.calls.finish`
-record consistency tokens, raise typed errors and parse the answer.
+hands it to the client's single ``_execute``, which sends it (again, when the connection failed before an
+answer: see :mod:`memory_client.calls`) and lets :func:`~memory_client.calls.finish` record consistency
+tokens, raise typed errors and parse the answer.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -15,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from memory_client import calls
-from memory_client.calls import RAISE, Call
+from memory_client.calls import DEFAULT_RETRIES, RAISE, Call
 from memory_client.models import BatchResult, KeyInfo, Operation, StreamPage, Versioned, WriteResult
 from memory_client.session import Session
 
@@ -41,11 +44,14 @@ def _headers(token: str | None, headers: Mapping[str, str] | None) -> dict[str, 
 
 
 class _Base:
-    """What both clients share: the session's consistency token."""
+    """What both clients share: the session's consistency token, and how often an unanswered request is resent."""
 
-    def __init__(self, session: bool) -> None:
+    def __init__(self, session: bool, retries: int) -> None:
+        if retries < 0:
+            raise ValueError(f"retries must be 0 or more, got {retries}")
         self._session = Session()
         self._tracking = session
+        self._retries = retries
 
     @property
     def session_token(self) -> str | None:
@@ -76,7 +82,8 @@ class MemoryClient(_Base):
 
     ``session=True`` (the default) gives read-your-writes: reads carry the newest positions of this
     client's writes. ``timeout`` is in seconds (or an ``httpx.Timeout``); ``transport`` replaces httpx's
-    network transport (for tests).
+    network transport (for tests). ``retries``: how many times a request that got no answer because the
+    connection failed (the server closed a keep-alive connection, refused one) is sent again.
     """
 
     def __init__(
@@ -88,19 +95,25 @@ class MemoryClient(_Base):
         session: bool = True,
         headers: Mapping[str, str] | None = None,
         transport: httpx.BaseTransport | None = None,
+        retries: int = DEFAULT_RETRIES,
     ) -> None:
-        super().__init__(session)
+        super().__init__(session, retries)
         self._http = httpx.Client(base_url=api_url(base_url), headers=_headers(token, headers), timeout=timeout,
                                   transport=transport)
 
     def _execute(self, call: Call[T]) -> T:
         headers = calls.request_headers(call, self._session)
-        try:
-            response = self._http.request(call.method, call.path, params=call.params, headers=headers,
-                                          content=call.content)
-        except httpx.TransportError as error:
-            raise calls.transport_error(call, error) from error
-        return calls.finish(call, response, self._recording)
+        attempt = 0
+        while True:
+            try:
+                response = self._http.request(call.method, call.path, params=call.params, headers=headers,
+                                              content=call.content)
+                return calls.finish(call, response, self._recording)
+            except httpx.TransportError as error:
+                if not calls.should_retry(error, attempt, self._retries):
+                    raise calls.transport_error(call, error) from error
+            time.sleep(calls.retry_delay(attempt))
+            attempt += 1
 
     def close(self) -> None:
         self._http.close()
@@ -199,19 +212,25 @@ class AsyncMemoryClient(_Base):
         session: bool = True,
         headers: Mapping[str, str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        retries: int = DEFAULT_RETRIES,
     ) -> None:
-        super().__init__(session)
+        super().__init__(session, retries)
         self._http = httpx.AsyncClient(base_url=api_url(base_url), headers=_headers(token, headers),
                                        timeout=timeout, transport=transport)
 
     async def _execute(self, call: Call[T]) -> T:
         headers = calls.request_headers(call, self._session)
-        try:
-            response = await self._http.request(call.method, call.path, params=call.params, headers=headers,
-                                                content=call.content)
-        except httpx.TransportError as error:
-            raise calls.transport_error(call, error) from error
-        return calls.finish(call, response, self._recording)
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.request(call.method, call.path, params=call.params, headers=headers,
+                                                    content=call.content)
+                return calls.finish(call, response, self._recording)
+            except httpx.TransportError as error:
+                if not calls.should_retry(error, attempt, self._retries):
+                    raise calls.transport_error(call, error) from error
+            await asyncio.sleep(calls.retry_delay(attempt))
+            attempt += 1
 
     async def aclose(self) -> None:
         await self._http.aclose()

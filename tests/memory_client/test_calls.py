@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 from typing import Any
 
 import httpx
@@ -77,8 +78,20 @@ def test_set_is_a_put_of_the_json_value_with_no_condition_by_default() -> None:
     call = calls.set_value("session:1234", {"step": 3, "note": None})
     assert (call.method, call.path, call.params) == ("PUT", "kv/session:1234", {})
     assert json.loads(call.content or b"") == {"step": 3, "note": None}
-    assert call.headers == {"Content-Type": "application/json"}
+    assert call.headers == {"Content-Type": "application/json", "Idempotency-Key": call.headers["Idempotency-Key"]}
     assert not call.read
+
+
+def test_every_write_carries_an_idempotency_key_made_up_when_none_is_given() -> None:
+    """So that a write resent after a failed connection is applied once (the client reuses the call)."""
+    writes: list[calls.Call[Any]] = [
+        calls.set_value("k", 1), calls.delete_value("k"), calls.patch_value("k", {}), calls.batch([]),
+        calls.append("s", 1),
+    ]
+    made_up = [call.headers["Idempotency-Key"] for call in writes]
+    assert all(uuid.UUID(key).version == 4 for key in made_up)
+    assert len(set(made_up)) == len(writes)
+    assert calls.set_value("k", 1).headers["Idempotency-Key"] not in made_up
 
 
 def test_set_maps_every_option_to_its_header_or_parameter() -> None:

@@ -25,6 +25,7 @@ from memory_client import (
     TransportError,
     Unauthorized,
 )
+from memory_client.calls import DEFAULT_RETRIES
 from memory_client.client import api_url
 
 BASE = "http://gateway.test/v1"
@@ -320,15 +321,62 @@ async def test_no_answer_is_a_transport_error(client: Either, gateway: Gateway) 
     def stall(request: httpx.Request) -> httpx.Response:
         raise httpx.ReadTimeout("timed out", request=request)
 
-    gateway.replies += [refuse, stall]
+    gateway.replies += [refuse] * (1 + DEFAULT_RETRIES) + [stall]
     with pytest.raises(TransportError) as refused:
         await client.call("get", "k")
     assert (refused.value.status, refused.value.code) == (0, "transport")
     assert "connection refused" in str(refused.value)
+    assert len(gateway.requests) == 1 + DEFAULT_RETRIES
     with pytest.raises(TransportError) as stalled:
         await client.call("set", "k", 1)
     assert stalled.value.code == "timeout"
     assert isinstance(stalled.value.__cause__, httpx.ReadTimeout)
+    assert len(gateway.requests) == 2 + DEFAULT_RETRIES  # a timeout is not resent: the server may be at work
+
+
+def _drop(error: type[httpx.TransportError]) -> Callable[[httpx.Request], httpx.Response]:
+    def fail(request: httpx.Request) -> httpx.Response:
+        raise error("the connection failed before an answer", request=request)
+
+    return fail
+
+
+@pytest.mark.parametrize("error", [httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.ConnectError])
+async def test_a_write_without_an_answer_is_resent_with_the_same_idempotency_key(
+        client: Either, gateway: Gateway, error: type[httpx.TransportError]) -> None:
+    gateway.replies += [_drop(error), _drop(error)]
+    gateway.written("2:8", key="plan")
+    written = await client.call("set", "plan", {"step": 1})
+    assert (written.status, written.position) == ("accepted", "2:8")
+    keys = [request.headers["Idempotency-Key"] for request in gateway.requests]
+    assert len(keys) == 3 and len(set(keys)) == 1
+    assert [request.content for request in gateway.requests] == [b'{"step":1}'] * 3
+
+
+async def test_the_callers_idempotency_key_is_the_one_resent(client: Either, gateway: Gateway) -> None:
+    gateway.replies.append(_drop(httpx.RemoteProtocolError))
+    gateway.written("0:1", key="k")
+    await client.call("delete", "k", idempotency_key="mine")
+    assert [request.headers["Idempotency-Key"] for request in gateway.requests] == ["mine", "mine"]
+
+
+async def test_each_write_has_an_idempotency_key_of_its_own(client: Either, gateway: Gateway) -> None:
+    gateway.written("0:1")
+    gateway.written("0:2")
+    await client.call("set", "k", 1)
+    await client.call("set", "k", 1)
+    assert len({request.headers["Idempotency-Key"] for request in gateway.requests}) == 2
+
+
+async def test_retries_are_bounded_by_the_clients_setting(flavor: str, gateway: Gateway) -> None:
+    memory = make(flavor, gateway, retries=0)
+    gateway.replies.append(_drop(httpx.RemoteProtocolError))
+    with pytest.raises(TransportError):
+        await Either(memory).call("get", "k")
+    assert len(gateway.requests) == 1
+    await close(memory)
+    with pytest.raises(ValueError):
+        make(flavor, gateway, retries=-1)
 
 
 # ----------------------------------------------------------------------------------------- lifecycle
