@@ -84,6 +84,7 @@ class SandboxFollower:
         topic = source_topic(sink, namespace)
         feed = Feed(projector, consumer, topic, group=False)
         await consumer.start()
+        kafka_clients.fetch_when_drained(consumer)
         try:
             consumer.assign([TopicPartition(topic, partition) for partition in range(self.settings.partitions)])
             await feed.begin(feed.partitions())  # a new sandbox: its partitions become complete here

@@ -85,6 +85,7 @@ class ProjectionWorker:
         self.feed = listener.feed = Feed(self.projector, consumer, self.topic, group=True)
         consumer.subscribe([self.topic], listener=listener)
         await consumer.start()
+        kafka_clients.fetch_when_drained(consumer)
         tasks = [asyncio.create_task(self.feed.run(), name=f"project {self.name}")]
         if self.name in SANDBOXED:
             follower = SandboxFollower(self.settings, self.make_sink)
