@@ -3,8 +3,8 @@
     python -m bench.kv [--count 5000] [--concurrency 16]
 
 Needs the running stack (`make run` or `ams up`). Reports:
-- GET through the gateway vs a bare Starlette endpoint (both loaded by wrk) and vs a raw redis-py HMGET of the
-  same record;
+- GET through the gateway vs a bare Starlette endpoint served by as many processes (both loaded by wrk) and vs
+  a raw redis-py HMGET of the same record;
 - writes through the API (strong and eventual, loaded by wrk) vs a raw aiokafka producer with the same settings;
 - write-to-visible lag: from sending an eventual write until the hot projection announces it applied.
 """
@@ -43,11 +43,14 @@ app = Starlette(routes=[Route("/value", value)])
 """
 
 
-def start_bare_endpoint(port: int) -> subprocess.Popen[bytes]:
-    """A Starlette app with one constant route, served by uvicorn like the gateway."""
+def start_bare_endpoint(port: int, processes: int) -> list[subprocess.Popen[bytes]]:
+    """A Starlette app with one constant route, served like the gateway: by as many processes as the gateway
+    has, sharing one port, each with uvicorn through `queries.server`."""
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    code = BARE_APP + f"\nimport uvicorn\nuvicorn.run(app, host='127.0.0.1', port={port}, log_level='warning')\n"
-    return subprocess.Popen([sys.executable, "-c", code], env=env)
+    code = BARE_APP + ("\nimport uvicorn\nfrom queries.server import QuietServer, shared_port\n"
+                       "config = uvicorn.Config(app, log_level='warning', access_log=False)\n"
+                       f"QuietServer(config).run(sockets=[shared_port('127.0.0.1', {port})])\n")
+    return [subprocess.Popen([sys.executable, "-c", code], env=env) for _ in range(processes)]
 
 
 async def wait_ready(client: httpx.AsyncClient, url: str) -> None:
@@ -72,7 +75,7 @@ async def reads(settings: Settings, api: httpx.AsyncClient, token: str, tenant: 
     homes = [partition_for(kafka_key(tenant, key), settings.partitions) for key in keys]
     records = [layout.at(generations[home]).record(home, tenant, key) for home, key in zip(homes, keys, strict=True)]
     bare_port = settings.gateway_port + 77
-    bare = start_bare_endpoint(bare_port)
+    bare = start_bare_endpoint(bare_port, settings.gateway_processes)
     auth = {"Authorization": f"Bearer {token}"}
     try:
         await wait_ready(api, f"http://127.0.0.1:{bare_port}/value")
@@ -83,7 +86,8 @@ async def reads(settings: Settings, api: httpx.AsyncClient, token: str, tenant: 
         raw = await measure("raw redis-py HMGET", lambda i: redis.hmget(records[i % 500], ["value", "version"]),
                             count, concurrency)
     finally:
-        bare.terminate()
+        for process in bare:
+            process.terminate()
         await redis.aclose()
     return [gateway, endpoint, raw]
 

@@ -37,8 +37,11 @@ log = logging.getLogger("ams.vectors")
 
 POISON = Counter("ams_vector_view_poison_records", "memory.embeddings records the FAISS view could not parse")
 SNAPSHOTS = Counter("ams_vector_view_snapshots", "FAISS view snapshots written")
-RESTORED = Gauge("ams_vector_view_restored_keys", "Keys the FAISS view restored from its snapshot at start")
-LAG = Gauge("ams_vector_view_lag", "memory.embeddings records not yet applied by the FAISS view", ["partition"])
+# Gateway processes sharing a port report the largest value among the running ones (compose/gateways.py).
+RESTORED = Gauge("ams_vector_view_restored_keys", "Keys the FAISS view restored from its snapshot at start",
+                 multiprocess_mode="livemax")
+LAG = Gauge("ams_vector_view_lag", "memory.embeddings records not yet applied by the FAISS view", ["partition"],
+            multiprocess_mode="livemax")
 FLUSH_CHUNK = 512
 NEWER_GENERATION_CHECK_SECONDS = 1.0
 
