@@ -32,7 +32,7 @@ from commands import http as command_http
 from commands.log import EventLog
 from queries import events, history, kv, openapi, streams, vectors, watch
 from queries.context import authorize, context
-from queries.namespaces import GatewayNamespaces
+from queries.namespaces import GatewayNamespaces, SandboxCatchUp
 from replay import http as replay_http
 
 
@@ -146,5 +146,6 @@ def create_app(settings: Settings) -> Starlette:
         routes=routes,
         lifespan=lifespan,
         exception_handlers={**EXCEPTION_HANDLERS, **PROJECTION_DOWN_HANDLERS},  # type: ignore[dict-item]
-        middleware=[Middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)],
+        middleware=[Middleware(BodyLimitMiddleware, limit=settings.max_body_bytes),
+                    Middleware(SandboxCatchUp, seconds=settings.read_wait_timeout)],
     )

@@ -14,11 +14,14 @@ import contextlib
 import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
+from starlette.datastructures import Headers
 from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ams.auth import Unauthorized
 from ams.http import ApiError
 from ams.namespaces import ALL_TENANTS, Namespace
 from ams.settings import Settings
@@ -98,6 +101,7 @@ class GatewayNamespaces:
         # One lock per sandbox, so that a sandbox slow to start or stop holds up no other (a few bytes per
         # sandbox this gateway ever saw; dropping one while a waiter is about to take it would let two in).
         self._updating: dict[str, asyncio.Lock] = {}
+        self._catching_up = asyncio.Lock()
 
     async def serve(self, namespace: Namespace) -> Served:
         """The namespace's contexts, started; NotServed names the part that did not start."""
@@ -160,13 +164,63 @@ class GatewayNamespaces:
         """Serve a sandbox this gateway just created, without waiting to read it back from the registry."""
         await self._update(spec.registry_key.decode(), spec)
 
+    def served(self, tenant: str, name: str) -> Served | None:
+        """The sandbox ``name`` that ``tenant`` sees (its own, or one of every tenant's), if served here."""
+        return self.sandboxes.get(f"{tenant}|{name}") or self.sandboxes.get(f"{ALL_TENANTS}|{name}")
+
+    async def catch_up(self, tenant: str, name: str) -> None:
+        """Serve the sandboxes the registry holds now that this gateway does not serve yet, unless ``tenant``'s
+        ``name`` is served by now. A sandbox that another gateway (process) created a moment ago, which the
+        registry follower has not reached, is thus served here before a request naming it is answered.
+        One registry read at a time: requests missing a sandbox together mostly share one."""
+        async with self._catching_up:
+            if self.served(tenant, name) is not None:
+                return
+            async for key, spec in follow_registry(self.settings, once=True):
+                if spec is not None and key.decode() not in self.sandboxes:
+                    try:
+                        await self._update(key.decode(), spec)
+                    except NotServed as error:
+                        log.warning("%s; the registry follower will retry", error)
+
     def resolve(self, request: Request) -> Served:
         name = request.headers.get(HEADER)
         if not name:
             assert self.live is not None, "the gateway has not started"
             return self.live
-        tenant = request.state.principal.tenant  # set by authorize(), which every route calls first
-        served = self.sandboxes.get(f"{tenant}|{name}") or self.sandboxes.get(f"{ALL_TENANTS}|{name}")
+        served = self.served(request.state.principal.tenant, name)  # set by authorize(), called by every route
         if served is None:
             raise ApiError(404, "no_sandbox", f"no sandbox named {name!r}; list yours with GET /v1/sandboxes")
         return served
+
+
+class SandboxCatchUp:
+    """Before a request naming a sandbox this gateway does not serve reaches its route, read the registry
+    (`GatewayNamespaces.catch_up`, at most ``seconds``): with several gateway processes behind one port, the
+    sandbox may have been created through another one a moment ago. A request whose token does not verify
+    goes on unchanged, to be refused by its route."""
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app, self.seconds = app, seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = Headers(scope=scope)
+            name = headers.get(HEADER)
+            if name:
+                await self._catch_up(scope["app"].state, headers.get("authorization"), name)
+        await self.app(scope, receive, send)
+
+    async def _catch_up(self, state: Any, authorization: str | None, name: str) -> None:
+        try:
+            tenant = state.verifier.verify(authorization).tenant
+        except Unauthorized:
+            return
+        namespaces: GatewayNamespaces = state.namespaces
+        if namespaces.served(tenant, name) is None:
+            try:
+                async with asyncio.timeout(self.seconds):
+                    await namespaces.catch_up(tenant, name)
+            except TimeoutError:
+                log.warning("reading the sandbox registry for %r took over %gs; answering without it", name,
+                            self.seconds)

@@ -4,6 +4,7 @@ processes sharing one port, each stopped and restarted on its own or all togethe
 from __future__ import annotations
 
 import asyncio
+import uuid
 from pathlib import Path
 
 import httpx
@@ -15,21 +16,13 @@ from commands.keys import kafka_key, partition_for
 from compose import gateways
 from compose.local import LocalStack
 from projections.redis_layout import RedisLayout
-from tests.conftest import token_for
-from tests.support import cold_reads
+from tests.support import cold_reads, gateway_process_client
 
 pytestmark = pytest.mark.stack
 
 
 def gateway_numbers(settings: Settings) -> list[int]:
     return list(range(1, settings.gateway_processes + 1))
-
-
-def client_of(settings: Settings, number: int, tenant: str) -> httpx.AsyncClient:
-    """A client of gateway process ``number`` alone, through its own Unix socket."""
-    return httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=str(gateways.control_socket(settings, number))),
-                             base_url="http://gateway", timeout=30,
-                             headers={"Authorization": f"Bearer {token_for(settings, tenant)}"})
 
 
 def listening_sockets(port: int) -> set[str]:
@@ -93,7 +86,7 @@ def test_gateway_processes_have_their_own_transactional_ids(settings: Settings) 
 async def test_every_gateway_process_commits_batches(stack: LocalStack, settings: Settings, tenant: str) -> None:
     """Two producers with one transactional id fence each other: each process's batches must still commit."""
     for number in gateway_numbers(settings):
-        async with client_of(settings, number, tenant) as client:
+        async with gateway_process_client(settings, number, tenant) as client:
             for attempt in range(3):
                 batch = await client.post("/v1/batch", json={"operations": [
                     {"op": "put", "key": f"p{number}/{attempt}/{n}", "value": {"n": n}} for n in range(2)]})
@@ -124,7 +117,7 @@ async def test_metrics_on_the_shared_port_count_every_gateway_process(
         await evict(settings, tenant, f"evicted-{number}")
     before = await cold_reads(settings, "redis_miss")
     for number in numbers:  # one cold read in each process
-        async with client_of(settings, number, tenant) as client:
+        async with gateway_process_client(settings, number, tenant) as client:
             assert (await client.get(f"/v1/kv/evicted-{number}")).json() == {"n": number}
     for _ in range(4):  # whichever process answers on the shared port, it counts them all
         assert await cold_reads(settings, "redis_miss") == before + len(numbers)
@@ -144,3 +137,19 @@ async def test_one_gateway_process_restarts_alone_while_the_others_serve(
     assert {component.name: stack.process(component.name).pid() for component in others} == pids
     rows = {name: state for name, state, _, _ in await asyncio.to_thread(stack.status)}
     assert rows[last.name] == "ready"
+
+
+async def test_a_sandbox_created_through_one_gateway_process_is_served_at_once_by_every_other(
+    settings: Settings, tenant: str
+) -> None:
+    name = f"sb-{uuid.uuid4().hex[:8]}"
+    async with gateway_process_client(settings, 1, tenant, "memory:admin") as creator:
+        created = await creator.post("/v1/sandboxes", json={"name": name})
+        assert created.status_code == 201, created.text
+        try:
+            for number in gateway_numbers(settings):  # no time for the others' registry followers to catch up
+                async with gateway_process_client(settings, number, tenant) as client:
+                    read = await client.get("/v1/kv/k", headers={"X-AMS-Sandbox": name})
+                    assert read.status_code == 404 and read.json()["error"]["code"] == "not_found", read.text
+        finally:
+            assert (await creator.delete(f"/v1/sandboxes/{name}")).status_code in (200, 204)
