@@ -37,6 +37,7 @@ from replay.sandboxes import SandboxSpec, follow_registry
 
 log = logging.getLogger("ams.gateway")
 HEADER = "x-ams-sandbox"
+SANDBOX_HEADER = HEADER.encode()  # as ASGI gives header names: lower case bytes
 # Starting or stopping one part of a sandbox's contexts takes milliseconds; past this (by default), something
 # it waits for is stuck, and that sandbox (only that one) is reported unserved instead of waiting for ever.
 # Live memory's start is not bounded: its vector view may have a large snapshot to load.
@@ -204,11 +205,10 @@ class SandboxCatchUp:
         self.app, self.seconds = app, seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            headers = Headers(scope=scope)
-            name = headers.get(HEADER)
-            if name:
-                await self._catch_up(scope["app"].state, headers.get("authorization"), name)
+        if scope["type"] == "http" and any(name == SANDBOX_HEADER for name, _ in scope["headers"]):
+            headers = Headers(scope=scope)  # only for the few requests naming a sandbox
+            if headers[HEADER]:  # empty: live memory, as in `resolve`
+                await self._catch_up(scope["app"].state, headers.get("authorization"), headers[HEADER])
         await self.app(scope, receive, send)
 
     async def _catch_up(self, state: Any, authorization: str | None, name: str) -> None:

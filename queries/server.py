@@ -74,6 +74,8 @@ def serve(app: Starlette, settings: Settings, host: str, port: int, control_sock
     sockets = [shared_port(host, port)]
     if control_socket is not None:
         sockets.append(unix_socket(control_socket))
-    config = uvicorn.Config(app, log_level="warning", access_log=False,
+    # No X-Forwarded-For rewriting (uvicorn's default, a middleware on every request): nothing in the gateway
+    # reads the client's address.
+    config = uvicorn.Config(app, log_level="warning", access_log=False, proxy_headers=False,
                             timeout_graceful_shutdown=settings.shutdown_grace_seconds)
     QuietServer(config).run(sockets=sockets)
