@@ -42,7 +42,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_down(args: argparse.Namespace) -> None:
     from compose.local import LocalStack
 
-    stopped = LocalStack(get_settings()).down(args.components or None)
+    try:
+        stopped = LocalStack(get_settings()).down(args.components or None)
+    except KeyError as error:
+        raise SystemExit(error.args[0]) from None
     console.print(f"Stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
 
 
@@ -57,19 +60,17 @@ def cmd_status(args: argparse.Namespace) -> None:
 
 
 def cmd_gateway(args: argparse.Namespace) -> None:
-    import uvicorn
-
+    from compose import gateways
     from queries.gateway import create_app
+    from queries.server import serve
 
     settings = get_settings()
-    uvicorn.run(
-        create_app(settings),
-        host=args.host or settings.gateway_host,
-        port=args.port or settings.gateway_port,
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
-    )
+    control_socket = None
+    if args.process is not None:
+        settings = gateways.process_settings(settings, args.process)
+        control_socket = gateways.control_socket(settings, args.process)
+    serve(create_app(settings), settings, args.host or settings.gateway_host, args.port or settings.gateway_port,
+          control_socket)
 
 
 def cmd_project(args: argparse.Namespace) -> None:
@@ -179,14 +180,16 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_demo)
 
     down = sub.add_parser("down", help="stop what `ams up` started")
-    down.add_argument("components", nargs="*", help="only these (default: all)")
+    down.add_argument("components", nargs="*", help="only these (default: all); `gateway` names every gateway process")
     down.set_defaults(func=cmd_down)
 
     sub.add_parser("status", help="show each component and its state").set_defaults(func=cmd_status)
 
-    gateway = sub.add_parser("gateway", help="run the HTTP gateway in the foreground")
+    gateway = sub.add_parser("gateway", help="run one HTTP gateway process in the foreground")
     gateway.add_argument("--host")
     gateway.add_argument("--port", type=int)
+    gateway.add_argument("--process", type=int, metavar="N",
+                         help="run as gateway process N of `ams up` (its own instance name and probe socket)")
     gateway.set_defaults(func=cmd_gateway)
 
     project = sub.add_parser("project", help="run a projection worker in the foreground")

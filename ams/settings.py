@@ -87,6 +87,9 @@ class Settings:
     gateway_instance: str = field(
         default_factory=lambda: _env("GATEWAY_INSTANCE", f"{socket.gethostname()}-{_env('GATEWAY_PORT', '8787')}")
     )
+    # How many gateway processes `ams up` starts; they share the gateway's port (SO_REUSEPORT), so that
+    # requests use every core. Default: one per CPU.
+    gateway_processes: int = field(default_factory=lambda: _env_int("GATEWAY_PROCESSES", os.cpu_count() or 1))
     # Names this projection worker among the workers of its projection: unique per worker and stable across
     # its restarts (its Kafka group instance id, so a restarted worker takes its partitions back at once).
     projector_instance: str = field(default_factory=lambda: _env("PROJECTOR_INSTANCE", socket.gethostname()))
@@ -155,6 +158,8 @@ class Settings:
     operator_tenant: str = field(default_factory=lambda: _env("OPERATOR_TENANT", "ops"))
 
     def __post_init__(self) -> None:
+        if self.gateway_processes < 1:
+            raise SystemExit(f"AMS_GATEWAY_PROCESSES={self.gateway_processes} must be at least 1.")
         # Derived addresses follow the ports unless given explicitly.
         if not self.kafka_bootstrap:
             bootstrap = _env("KAFKA_BOOTSTRAP", f"127.0.0.1:{self.kafka_port}")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from ams.settings import Settings
-from compose import kafka, postgres, readiness, redis_server
+from compose import gateways, kafka, postgres, readiness, redis_server
 from compose.process import ManagedProcess
 from compose.system import ensure_packages
 
@@ -30,6 +30,7 @@ class Component:
     probe: Callable[[], Awaitable[None]]
     stop_signal: int = signal.SIGTERM
     start_timeout: float = 90.0
+    group: str | None = None  # a name that addresses this component with others (`ams down gateway`)
 
 
 def _ams_process(argv: list[str]) -> Callable[[Settings, ManagedProcess], None]:
@@ -76,13 +77,12 @@ def services(settings: Settings) -> list[Component]:
         )
         for index, name in enumerate(PROJECTIONS)
     ]
-    gateway = Component(
-        "gateway",
-        settings.gateway_url,
-        _ams_process(["gateway"]),
-        partial(readiness.http_ok, f"{settings.gateway_url}/readyz"),
-    )
-    return [*projectors, gateway]
+    gateway_processes = [
+        Component(gateways.name(number), settings.gateway_url, partial(gateways.start, number),
+                  partial(gateways.probe, settings, number), group=gateways.GROUP)
+        for number in range(1, settings.gateway_processes + 1)
+    ]
+    return [*projectors, *gateway_processes]
 
 
 class LocalStack:
@@ -99,6 +99,14 @@ class LocalStack:
             if component.name == name:
                 return component
         raise KeyError(f"no component named {name!r}")
+
+    def named(self, name: str) -> list[Component]:
+        """The components ``name`` addresses: the one of that name, or every one of that group (``gateway``:
+        every gateway process); KeyError if none."""
+        found = [component for component in self.components() if name in (component.name, component.group)]
+        if not found:
+            raise KeyError(f"no component named {name!r}")
+        return found
 
     def components(self, with_services: bool = True) -> list[Component]:
         return infrastructure(self.settings) + (services(self.settings) if with_services else [])
@@ -124,6 +132,10 @@ class LocalStack:
                 print(f"  {component.name:<18} {state:<8} {component.address}  ({took:.1f}s)", flush=True)
         return started
 
+    def start(self, name: str) -> list[str]:
+        """Make each component ``name`` addresses (see `named`) run and answer its probe; the names started."""
+        return [component.name for component in self.named(name) if self.ensure(component)]
+
     def ensure(self, component: Component) -> bool:
         """Make the component run and answer its probe; True if this call started it."""
         process = self.process(component.name)
@@ -145,14 +157,16 @@ class LocalStack:
         return started
 
     def down(self, names: list[str] | None = None) -> list[str]:
-        """Stop the named components (all, by default), services first; return the names stopped."""
-        stopped = []
-        for component in reversed(self.components()):
-            if names is not None and component.name not in names:
-                continue
-            if self.process(component.name).stop(signum=component.stop_signal):
-                stopped.append(component.name)
-        return stopped
+        """Stop the named components or groups (all, by default), services first; return the names stopped.
+        KeyError if a name addresses no component."""
+        chosen = None if names is None else {component.name for name in names for component in self.named(name)}
+        return [component.name for component in reversed(self.components())
+                if (chosen is None or component.name in chosen) and self.stop(component)]
+
+    def stop(self, component: Component, signum: int | None = None) -> bool:
+        """Stop the component's process with ``signum`` (default: its own stop signal), waiting until it is
+        gone; False if it was not running."""
+        return self.process(component.name).stop(signum=component.stop_signal if signum is None else signum)
 
     def status(self) -> list[tuple[str, str, str, str]]:
         """(name, state, pid, address) for each component."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from pathlib import Path
 
 import asyncpg
 import httpx
@@ -145,8 +146,10 @@ async def milvus_list(settings: Settings) -> None:
     await asyncio.to_thread(probe)
 
 
-async def http_ok(url: str) -> None:
-    async with httpx.AsyncClient(timeout=2) as client:
+async def http_ok(url: str, uds: Path | None = None) -> None:
+    """A GET of ``url`` answers 2xx; with ``uds``, sent over that Unix socket (the URL's host is then unused)."""
+    transport = httpx.AsyncHTTPTransport(uds=str(uds)) if uds is not None else None
+    async with httpx.AsyncClient(timeout=2, transport=transport) as client:
         response = await client.get(url)
         response.raise_for_status()
 

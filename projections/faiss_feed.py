@@ -37,10 +37,18 @@ log = logging.getLogger("ams.vectors")
 
 POISON = Counter("ams_vector_view_poison_records", "memory.embeddings records the FAISS view could not parse")
 SNAPSHOTS = Counter("ams_vector_view_snapshots", "FAISS view snapshots written")
-RESTORED = Gauge("ams_vector_view_restored_keys", "Keys the FAISS view restored from its snapshot at start")
-LAG = Gauge("ams_vector_view_lag", "memory.embeddings records not yet applied by the FAISS view", ["partition"])
+# Gateway processes sharing a port report the largest value among the running ones (compose/gateways.py).
+RESTORED = Gauge("ams_vector_view_restored_keys", "Keys the FAISS view restored from its snapshot at start",
+                 multiprocess_mode="livemax")
+LAG = Gauge("ams_vector_view_lag", "memory.embeddings records not yet applied by the FAISS view", ["partition"],
+            multiprocess_mode="livemax")
 FLUSH_CHUNK = 512
 NEWER_GENERATION_CHECK_SECONDS = 1.0
+# How long the broker may hold the view's fetch while memory.embeddings has nothing new. It answers as soon as
+# a record is there, so this costs no latency; Kafka's default (0.5 s) made an idle gateway decode two empty
+# fetch responses a second. (A seek while a fetch is in flight waits for it: after a restart or a generation
+# swap, the view may start reading up to this much later.)
+IDLE_FETCH_WAIT_MS = 5000
 
 
 def index_params(settings: Settings) -> IndexParams:
@@ -116,11 +124,10 @@ class FaissFeed:
         topic = self.topic
         partitions = await self._partitions(topic)
         self._consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False,
-                                          isolation_level="read_committed", max_partition_fetch_bytes=8 << 20)
+                                          isolation_level="read_committed", max_partition_fetch_bytes=8 << 20,
+                                          fetch_max_wait_ms=IDLE_FETCH_WAIT_MS)
         await self._consumer.start()
-        assigned = [TopicPartition(topic, partition) for partition in sorted(partitions)]
-        self._consumer.assign(assigned)
-        await self._rewind()
+        await self._rewind([TopicPartition(topic, partition) for partition in sorted(partitions)])
         self._task = asyncio.create_task(self._run())
 
     async def _partitions(self, topic: str) -> set[int]:
@@ -172,15 +179,20 @@ class FaissFeed:
                 await asyncio.sleep(1)
                 await self._rewind()
 
-    async def _rewind(self) -> None:
-        """Seek every partition to checkpoint + 1 (re-applying is harmless: versions decide)."""
+    async def _rewind(self, partitions: list[TopicPartition] | None = None) -> None:
+        """Assign ``partitions`` (default: those assigned) and seek each to checkpoint + 1, or to its beginning
+        (re-applying is harmless: versions decide). The seeks follow the assignment at once, before the
+        consumer's fetcher runs: had it sent a fetch from elsewhere meanwhile, the new positions would wait up
+        to IDLE_FETCH_WAIT_MS for it."""
         assert self._consumer is not None
-        for tp in self._consumer.assignment():
+        chosen = partitions if partitions is not None else sorted(self._consumer.assignment())
+        unknown = [tp for tp in chosen if self.view.checkpoints.get(tp.partition) is None]
+        beginnings = await self._consumer.beginning_offsets(unknown) if unknown else {}
+        if partitions is not None:
+            self._consumer.assign(partitions)
+        for tp in chosen:
             checkpoint = self.view.checkpoints.get(tp.partition)
-            if checkpoint is None:
-                await self._consumer.seek_to_beginning(tp)
-            else:
-                self._consumer.seek(tp, checkpoint + 1)
+            self._consumer.seek(tp, beginnings[tp] if checkpoint is None else checkpoint + 1)
 
     async def _apply(self, batch: dict[TopicPartition, list]) -> None:  # type: ignore[type-arg]
         await apply_batch(self.view, batch)

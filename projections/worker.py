@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from ams import kafka_clients
 from ams.namespaces import live
+from ams.serving import QuietServer
 from ams.settings import Settings
 from ams.tasks import cancel_all
 from projections import metrics
@@ -130,4 +131,6 @@ def run_projection(name: str, settings: Settings) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
     worker = ProjectionWorker(name, settings)
-    uvicorn.run(worker.app(), host="127.0.0.1", port=web_port(settings, name), log_level="warning", access_log=False)
+    config = uvicorn.Config(worker.app(), host="127.0.0.1", port=web_port(settings, name), log_level="warning",
+                            access_log=False)
+    QuietServer(config).run()

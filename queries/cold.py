@@ -4,8 +4,9 @@ namespace shares), how far PostgreSQL has applied the log, and the watchers wait
 The gateway starts whether or not PostgreSQL is up (hot reads and writes do not need it): a background
 task migrates the schema once PostgreSQL answers, then LISTENs (on the process's one listening
 connection) to the projector's NOTIFY, which arrives when a batch commits. A poll of the checkpoints
-covers lost notifications and reconnections. While PostgreSQL is unavailable, the reads that need it
-answer 503.
+covers lost notifications: every 0.5 s while a reader waits for a position, every 5 s otherwise (a
+reconnection re-reads the checkpoints at once, so only a notification lost on a live connection waits).
+While PostgreSQL is unavailable, the reads that need it answer 503.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from projections.postgres import POSTGRES_TRANSIENT, RECORD_COLUMNS, record_from
 from projections.postgres_pool import SchemaPool, borrow
 from projections.postgres_schema import applied_channel, migrate
 from projections.sink import TRANSIENT
-from queries.tracking import POLL_SECONDS, PositionTracker
+from queries.tracking import PositionTracker
 
 log = logging.getLogger("ams.gateway")
 
@@ -180,7 +181,7 @@ class ColdStore(PositionTracker):
 
     async def _poll(self) -> None:
         while True:
-            await asyncio.sleep(POLL_SECONDS)
+            await self.next_poll()  # every 0.5 s while a reader waits on PostgreSQL, else every 5 s
             try:
                 await self.refresh()
                 self._outage_logged = False

@@ -6,10 +6,12 @@ It reads only from projections; its writes only append to the log.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
+from prometheus_client.multiprocess import MultiProcessCollector
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import BusyLoadingError
@@ -47,8 +49,18 @@ async def readyz(request: Request) -> Response:
     return json_response({"status": "ready"})
 
 
+def metrics_registry() -> CollectorRegistry:
+    """This process's metrics; when gateway processes share a port (``PROMETHEUS_MULTIPROC_DIR`` set, see
+    `compose.gateways`), those of every process of the group, whichever process answers."""
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return REGISTRY
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    return registry
+
+
 async def metrics(request: Request) -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(request.app.state.metrics), media_type=CONTENT_TYPE_LATEST)
 
 
 async def positions(request: Request) -> Response:
@@ -104,12 +116,15 @@ def create_app(settings: Settings) -> Starlette:
         app.state.rate_limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
         app.state.namespaces = namespaces
         app.state.event_log = event_log
+        app.state.metrics = metrics_registry()
         try:
             yield
         finally:
             await namespaces.stop()
             await event_log.stop()
             await redis_client.aclose()
+            if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+                multiprocess.mark_process_dead(os.getpid())  # its gauges no longer count; its counters still do
 
     routes = [
         Route("/healthz", healthz),

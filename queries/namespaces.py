@@ -14,7 +14,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from starlette.datastructures import Headers
@@ -37,6 +37,7 @@ from replay.sandboxes import SandboxSpec, follow_registry, registry_topic
 
 log = logging.getLogger("ams.gateway")
 HEADER = "x-ams-sandbox"
+SANDBOX_HEADER = HEADER.encode()  # as ASGI gives header names: lower case bytes
 # Starting or stopping one part of a sandbox's contexts takes milliseconds; past this (by default), something
 # it waits for is stuck, and that sandbox (only that one) is reported unserved instead of waiting for ever.
 # Live memory's start is not bounded: its vector view may have a large snapshot to load.
@@ -172,9 +173,6 @@ class GatewayNamespaces:
                 while self.registry_read < end:
                     await self._registry_moved.wait()
 
-    def find(self, tenant: str, name: str) -> Served | None:
-        return self.sandboxes.get(f"{tenant}|{name}") or self.sandboxes.get(f"{ALL_TENANTS}|{name}")
-
     async def _update(self, key: str, spec: SandboxSpec | None) -> None:
         lock = self._updating.setdefault(key, asyncio.Lock())
         async with lock:
@@ -190,13 +188,16 @@ class GatewayNamespaces:
         """Serve a sandbox this gateway just created, without waiting to read it back from the registry."""
         await self._update(spec.registry_key.decode(), spec)
 
+    def served(self, tenant: str, name: str) -> Served | None:
+        """The sandbox ``name`` that ``tenant`` sees (its own, or one of every tenant's), if served here."""
+        return self.sandboxes.get(f"{tenant}|{name}") or self.sandboxes.get(f"{ALL_TENANTS}|{name}")
+
     def resolve(self, request: Request) -> Served:
         name = request.headers.get(HEADER)
         if not name:
             assert self.live is not None, "the gateway has not started"
             return self.live
-        tenant = request.state.principal.tenant  # set by authorize(), which every route calls first
-        served = self.find(tenant, name)
+        served = self.served(request.state.principal.tenant, name)  # set by authorize(), called by every route
         if served is None:
             raise ApiError(404, "no_sandbox", f"no sandbox named {name!r}; list yours with GET /v1/sandboxes")
         return served
@@ -205,20 +206,24 @@ class GatewayNamespaces:
 class SandboxesKnown:
     """A request naming a sandbox its gateway does not serve reaches its route only once the gateway has read
     the sandbox registry to its end, so a sandbox is usable the moment its creation returns, whichever gateway
-    process created it (or the CLI). Requests for sandboxes already served, and without one, pass at once."""
+    process created it (or the CLI). Requests for sandboxes already served, and without one, pass at once; a
+    request whose token does not verify goes on unchanged, to be refused by its route."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        name = Headers(scope=scope).get(HEADER) if scope["type"] == "http" else None
-        if name:
-            state = scope["app"].state
-            try:
-                tenant = state.verifier.verify(Headers(scope=scope).get("authorization")).tenant
-            except Unauthorized:
-                tenant = None  # the route answers 401
-            namespaces: GatewayNamespaces = state.namespaces
-            if tenant is not None and namespaces.find(tenant, name) is None:
-                await namespaces.catch_up()
+        if scope["type"] == "http" and any(name == SANDBOX_HEADER for name, _ in scope["headers"]):
+            headers = Headers(scope=scope)  # only for the few requests naming a sandbox
+            if headers[HEADER]:  # empty: live memory, as in `resolve`
+                await self._known(scope["app"].state, headers.get("authorization"), headers[HEADER])
         await self.app(scope, receive, send)
+
+    async def _known(self, state: Any, authorization: str | None, name: str) -> None:
+        try:
+            tenant = state.verifier.verify(authorization).tenant
+        except Unauthorized:
+            return
+        namespaces: GatewayNamespaces = state.namespaces
+        if namespaces.served(tenant, name) is None:
+            await namespaces.catch_up()

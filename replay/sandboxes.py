@@ -68,6 +68,11 @@ def registry_topic(settings: Settings) -> str:
     return f"{settings.events_topic}.sandboxes"
 
 
+# How long the broker may hold a follower's fetch while the registry has nothing new (it answers as soon as a
+# record comes): Kafka's 0.5 s default woke every gateway and worker twice a second to decode an empty answer.
+REGISTRY_FETCH_WAIT_MS = 5000
+
+
 async def follow_registry(
     settings: Settings, *, once: bool = False, read_through: Callable[[int], None] | None = None
 ) -> AsyncGenerator[tuple[bytes, SandboxSpec | None], None]:
@@ -79,12 +84,13 @@ async def follow_registry(
     (serving one waited for them, and blocked every other sandbox meanwhile). A key dropped and created
     again yields the drop first, so that whoever served the old sandbox lets it go."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
-                                isolation_level="read_committed")
+                                isolation_level="read_committed", fetch_max_wait_ms=REGISTRY_FETCH_WAIT_MS)
     await consumer.start()
     try:
         tp = TopicPartition(registry_topic(settings), 0)
+        beginning = (await consumer.beginning_offsets([tp]))[tp]
         consumer.assign([tp])
-        consumer.seek(tp, (await consumer.beginning_offsets([tp]))[tp])
+        consumer.seek(tp, beginning)  # at once: a fetch sent from elsewhere first would hold the seek up
         catching_up_to = (await consumer.end_offsets([tp]))[tp]
         newest: dict[bytes, bytes | None] = {}
         dropped: set[bytes] = set()

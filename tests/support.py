@@ -94,6 +94,17 @@ async def extra_gateway(settings: Settings, tenant: str, env: dict[str, str]) ->
             process.wait(timeout=10)
 
 
+def gateway_process_client(settings: Settings, number: int, tenant: str, *scopes: str) -> httpx.AsyncClient:
+    """A client of the local stack's gateway process ``number`` alone (through its own Unix socket; on the
+    shared port the kernel picks the process), authenticated as ``tenant`` (read and write by default)."""
+    from compose.gateways import control_socket
+    from tests.conftest import token_for
+
+    return httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=str(control_socket(settings, number))),
+                             base_url="http://gateway", timeout=30,
+                             headers={"Authorization": f"Bearer {token_for(settings, tenant, *scopes)}"})
+
+
 async def redis_records(settings: Settings, tenant: str, prefix: str | None = None) -> dict[str, Record]:
     """Every record of ``tenant`` in the hot projection, read straight from Redis."""
     from projections.redis_kv import RedisSink

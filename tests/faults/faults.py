@@ -53,12 +53,13 @@ class FaultContext:
         self.log.append(f"{time.monotonic() - self.began:5.1f}s {what}")
 
     async def kill(self, name: str, signum: int = signal.SIGKILL) -> None:
-        """Signal the component and wait until its process is gone."""
-        await asyncio.to_thread(self.stack.process(name).stop, signum=signum)
+        """Signal the component (or each of the group, e.g. every gateway process) and wait until it is gone."""
+        for component in self.stack.named(name):
+            await asyncio.to_thread(self.stack.stop, component, signum)
 
     async def ensure(self, name: str) -> None:
-        """Start the component if it is not running, and wait until it answers its probe."""
-        await asyncio.to_thread(self.stack.ensure, self.stack.component(name))
+        """Start the component (or each of the group) if it is not running, and wait until it answers its probe."""
+        await asyncio.to_thread(self.stack.start, name)
 
 
 class Fault(Protocol):
@@ -111,7 +112,7 @@ class ExitAfterSinkWrite:
 
 
 class KillGateway:
-    """SIGKILL the gateway with requests in flight; clients retry with the same idempotency key."""
+    """SIGKILL every gateway process with requests in flight; clients retry with the same idempotency key."""
 
     name = "gateway-kill"
 

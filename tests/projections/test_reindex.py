@@ -67,10 +67,9 @@ async def test_reindex_repairs_corrupted_views(
     assert set(truth) == {f"k{n}" for n in range(6)}
 
     await asyncio.to_thread(corrupt_milvus, settings, tenant, truth)
-    gateway = stack.component("gateway")
-    await asyncio.to_thread(stack.process("gateway").stop)
+    await asyncio.to_thread(stack.down, ["gateway"])  # every gateway process
     await asyncio.to_thread(corrupt_faiss_snapshot, settings, tenant, truth)
-    await asyncio.to_thread(stack.ensure, gateway)
+    await asyncio.to_thread(stack.start, "gateway")
     assert await faiss_inventory(settings, tenant) != truth
 
     run = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "ams.cli", "reindex"], env=os.environ.copy(),

@@ -33,7 +33,7 @@ async def test_a_restart_restores_the_snapshot_then_applies_the_log_tail(
     before = await put_all(api, {f"old/{n}": {"embedding": [1.0, n / 10], "n": n} for n in range(5)})
     await search(api, before, embedding=[1.0, 0.0], k=1)
 
-    await asyncio.to_thread(stack.process("gateway").stop)  # writes the snapshot as it stops
+    await asyncio.to_thread(stack.down, ["gateway"])  # every gateway process writes the snapshot as it stops
     snapshot = await asyncio.to_thread(FaissView.load, snapshot_path(settings), index_params(settings))
     assert set(snapshot.tenants[tenant].inventory(now_ms())) == {f"old/{n}" for n in range(5)}
 
@@ -41,7 +41,7 @@ async def test_a_restart_restores_the_snapshot_then_applies_the_log_tail(
     tail = [await append_event(settings, Event(PUT, tenant, "new", {"embedding": [0.0, 1.0]}, id=uuid7(),
                                                ts=now_ms())),
             await append_event(settings, Event(DELETE, tenant, "old/0", id=uuid7(), ts=now_ms()))]
-    await asyncio.to_thread(stack.ensure, stack.component("gateway"))
+    await asyncio.to_thread(stack.start, "gateway")
 
     assert await restored_keys(settings) >= 5
     found = await search(api, merge_tokens(before, *tail), embedding=[1.0, 0.0], k=10)

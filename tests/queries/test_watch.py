@@ -13,7 +13,7 @@ import pytest
 
 from ams.settings import Settings
 from tests.conftest import token_for
-from tests.support import fold_history, in_log_order, kv_events_by_key
+from tests.support import fold_history, gateway_process_client, in_log_order, kv_events_by_key
 
 pytestmark = pytest.mark.stack
 
@@ -87,8 +87,10 @@ async def test_watch_delivers_every_change_in_order_and_resumes_without_gaps(
     assert in_log_order(positions)
 
 
-async def test_watches_per_tenant_are_bounded(settings: Settings, api: httpx.AsyncClient) -> None:
+async def test_watches_per_tenant_are_bounded(settings: Settings, tenant: str) -> None:
+    """The bound is per gateway process (each keeps its own count), so every watch goes to one process."""
     async with contextlib.AsyncExitStack() as stack:
+        api = await stack.enter_async_context(gateway_process_client(settings, 1, tenant))
         # Keep each stream's line iterator: a collected iterator closes its connection, ending that watch.
         watching = [await opened(await stack.enter_async_context(api.stream("GET", "/v1/watch")))
                     for _ in range(settings.max_watchers_per_tenant)]
@@ -99,8 +101,8 @@ async def test_watches_per_tenant_are_bounded(settings: Settings, api: httpx.Asy
         other = {"Authorization": f"Bearer {token_for(settings, 'unbounded-neighbour')}"}
         async with api.stream("GET", "/v1/watch", headers=other) as response:
             await opened(response)  # another tenant is not affected
-    async with asyncio.timeout(10):  # closed watches give their slots back
-        while True:
+    async with gateway_process_client(settings, 1, tenant) as api, asyncio.timeout(10):
+        while True:  # closed watches give their slots back
             async with api.stream("GET", "/v1/watch") as response:
                 if response.status_code == 200:
                     break
