@@ -127,6 +127,7 @@ class FaissFeed:
                                           isolation_level="read_committed", max_partition_fetch_bytes=8 << 20,
                                           fetch_max_wait_ms=IDLE_FETCH_WAIT_MS)
         await self._consumer.start()
+        kafka_clients.fetch_when_drained(self._consumer)  # else a partition could wait out the 5 s long poll
         await self._rewind([TopicPartition(topic, partition) for partition in sorted(partitions)])
         self._task = asyncio.create_task(self._run())
 
