@@ -31,7 +31,7 @@ from bench.common import Measured, Run, console, measure, report
 from bench.http_load import wrk
 from commands.envelope import PUT, Event, encode, now_ms, uuid7
 from commands.keys import kafka_key, partition_for
-from projections.redis_layout import RedisLayout
+from projections.redis_layout import Announcement, RedisLayout
 
 BARE_APP = """
 from starlette.applications import Starlette
@@ -128,8 +128,8 @@ async def visibility(settings: Settings, api: httpx.AsyncClient, count: int, con
     async def listen() -> None:
         async for message in pubsub.listen():
             if message["type"] == "message":
-                _, partition, offset = map(int, message["data"].decode().split(":"))
-                applied[partition] = max(offset, applied.get(partition, -1))
+                announced = Announcement.parse(message["data"])
+                applied[announced.partition] = max(announced.offset, applied.get(announced.partition, -1))
                 changed.set()
 
     listener = asyncio.create_task(listen())

@@ -1,6 +1,6 @@
 """How far the hot projection has applied the log, per partition, and waiting until it has applied more.
 
-The projector publishes ``"<generation>:<partition>:<offset>"`` on a Redis channel after every batch (one
+The projector announces every batch on a Redis channel (`projections.redis_layout.Announcement`; one
 subscription per gateway carries the channels of all its namespaces); a poll of the generation pointers
 and checkpoints every ``POLL_SECONDS`` covers missed messages, Redis restarts and rebuilds. Readers use
 the generation seen here: after a rebuild moves a partition's pointer, the retired generation stays frozen
@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 
 from ams.tasks import cancel_all
 from commands.keys import Position
-from projections.redis_layout import RedisLayout
+from projections.redis_layout import Announcement, RedisLayout
 from queries.tracking import POLL_SECONDS, PositionTracker
 
 log = logging.getLogger("ams.gateway")
@@ -134,8 +134,9 @@ class AppliedPositions(PositionTracker):
         return [orjson.loads(raw) if raw is not None else None for raw in found]
 
     def _on_applied(self, message: bytes) -> None:
-        generation, partition, offset = map(int, message.decode().split(":"))
-        if generation == self.generations.get(partition) and offset > self.applied.get(partition, -1):
+        announcement = Announcement.parse(message)
+        partition, offset = announcement.partition, announcement.offset
+        if announcement.generation == self.generations.get(partition) and offset > self.applied.get(partition, -1):
             self._set({partition: offset})
 
     async def _poll(self) -> None:
