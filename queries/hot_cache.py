@@ -106,11 +106,11 @@ class HotCache:
     def settled(self) -> bool:
         return len(self.seen) == self.partitions
 
-    def get(self, name: bytes, home: int, positions: Mapping[int, int], now: int) -> Current | None:
+    def get(self, name: bytes, positions: Mapping[int, int], now: int) -> Current | None:
         """The cached value of ``name`` (``b"tenant|key"``) if it may be served to a caller holding
         ``positions``; None (a miss) if the read must go to Redis."""
         entry = self._entries.get(name)
-        if entry is None or not self._fresh(home, positions):
+        if entry is None or not self._fresh(entry[0].partition, positions):
             MISSES.inc()
             return None
         current, expires = entry

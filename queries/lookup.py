@@ -59,12 +59,12 @@ class HotRead:
 async def read_current(ctx: QueryContext, tenant: str, key: str, positions: dict[int, int]) -> Current | None:
     """The key's live value, at or after ``positions``; None if it does not exist."""
     name = kafka_key(tenant, key)
-    home = partition_for(name, ctx.partitions)
     cache = ctx.applied.cache
     if cache is not None:
-        cached = cache.get(name, home, positions, now_ms())
+        cached = cache.get(name, positions, now_ms())
         if cached is not None:
             return cached
+    home = partition_for(name, ctx.partitions)
     return await _read(ctx, tenant, key, home, positions, Caching(cache, name, home))
 
 

@@ -53,7 +53,7 @@ def read(cache: HotCache, key: str, version: int, checkpoint: int, expires: int 
 
 
 def get(cache: HotCache, key: str, positions: dict[int, int] | None = None, now: int = NOW) -> Current | None:
-    return cache.get(kafka_key("t", key), home(key), positions or {}, now)
+    return cache.get(kafka_key("t", key), positions or {}, now)
 
 
 def test_a_value_read_from_redis_is_served_from_the_cache_until_a_batch_names_its_key() -> None:
