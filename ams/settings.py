@@ -108,6 +108,8 @@ class Settings:
     log_timeout: float = field(default_factory=lambda: _env_float("LOG_TIMEOUT", 5.0))
     write_timeout: float = field(default_factory=lambda: _env_float("WRITE_TIMEOUT", 5.0))
     read_wait_timeout: float = field(default_factory=lambda: _env_float("READ_WAIT_TIMEOUT", 5.0))
+    # Current values each namespace's hot-key cache keeps in the gateway (queries/hot_cache.py); 0 turns it off.
+    hot_cache_keys: int = field(default_factory=lambda: _env_int("HOT_CACHE_KEYS", 10_000))
     max_batch_operations: int = field(default_factory=lambda: _env_int("MAX_BATCH_OPERATIONS", 500))
     # A retried command (same Idempotency-Key on the same key or stream) is a duplicate for this long after
     # it was applied, measured in event time (commands/fold.py). Every projection and rebuild of one log must

@@ -2,7 +2,8 @@
 
 A batch costs two round trips whatever its size: one pipelined read of the records it touches, then
 one script that checks the checkpoint, writes the folded records, the outcomes of rejected events and
-the new checkpoint, and announces the applied position.
+the new checkpoint, and announces the applied position with the keys the batch changed (`redis_layout.
+Announcement`: gateways wait on the position, and evict the keys from their hot-key caches).
 
 A key's command ids that its record let go (`commands.fold`) are kept in its command index, written by
 the same script; a stream has a record of its own, so that a retried append is a duplicate.
@@ -30,7 +31,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from commands.envelope import STREAM_APPEND, now_ms
 from commands.fold import IDEMPOTENCY_WINDOW_MS, Outcome, Record, Remembered, apply, consults_index, remember
 from commands.keys import STREAM_MARK, kafka_key, partition_for, stream_key
-from projections.redis_layout import RedisLayout
+from projections.redis_layout import Announcement, RedisLayout
 from projections.sink import NO_CHECKPOINT, TRANSIENT, CheckpointMoved, Positioned, ProjectionSink
 
 log = logging.getLogger("ams.projector")
@@ -119,9 +120,10 @@ for _, entry in ipairs(cjson.decode(ARGV[9])) do
   redis.call('PEXPIREAT', entry[2], entry[7])
 end
 """
+# ARGV[10]: the lines naming the keys the batch changed, appended to the announcement (`Announcement`).
 APPLY_BATCH = GUARD + WRITE + """
 redis.call('SET', KEYS[1], ARGV[2])
-redis.call('PUBLISH', ARGV[3], ARGV[5] .. ':' .. ARGV[4] .. ':' .. ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[5] .. ':' .. ARGV[4] .. ':' .. ARGV[2] .. ':' .. ARGV[1] .. ARGV[10])
 return 'OK'
 """
 
@@ -394,8 +396,8 @@ class RedisSink(ProjectionSink):
                 for failed in await asyncio.gather(*parts, return_exceptions=True):
                     if isinstance(failed, BaseException):
                         raise failed
-            await self._script(keys=keys[:2], args=[*args, *self._operations(partition, dict(unwritten), rejected,
-                                                                             forgotten)])
+            operations = self._operations(partition, dict(unwritten), rejected, forgotten)
+            await self._script(keys=keys[:2], args=[*args, *operations, self._announced_keys(touched)])
         except BaseException as error:
             self.cache.clear()  # the script may or may not have run: Redis is the truth again
             if not isinstance(error, ResponseError):
@@ -415,6 +417,12 @@ class RedisSink(ProjectionSink):
         self.cache.put_many(touched.items())
         if self.wait_replicas:
             await self._wait_for_replicas(partition, through)
+
+    def _announced_keys(self, touched: Mapping[Address, Record]) -> bytes:
+        """The keys a live batch changed, for the gateways' caches; a rebuild's generation has no readers yet."""
+        if self.building is not None:
+            return b""
+        return Announcement.key_lines([address[1:] for address in touched if not _is_stream(address)])
 
     async def _wait_for_replicas(self, partition: int, through: int) -> None:
         acknowledged = await self.client.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)

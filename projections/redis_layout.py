@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+from commands.keys import kafka_key
+
 
 @dataclass(frozen=True)
 class RedisLayout:
@@ -79,8 +81,37 @@ class RedisLayout:
 
     @property
     def applied_channel(self) -> str:
-        """Pub/sub channel announcing ``"<generation>:<partition>:<offset>"`` after every applied batch."""
+        """Pub/sub channel on which the projector announces every batch it applied (see `Announcement`)."""
         return f"{self.prefix}:applied"
+
+
+@dataclass(frozen=True, slots=True)
+class Announcement:
+    """A message of the applied channel: a batch moved ``partition``'s checkpoint in ``generation`` from
+    ``previous`` to ``offset``, changing the records of ``keys`` (``b"tenant|key"``, as Kafka keys them).
+
+    On the wire, ``<generation>:<partition>:<offset>:<previous>``, then one line per key. Streams are not
+    named (nothing caches them), nor are the keys of a rebuild's batches (nobody reads its generation before
+    it is switched in). ``previous`` lets a listener notice a batch it never heard of: the next one it hears
+    does not start where the last one ended.
+    """
+
+    generation: int
+    partition: int
+    offset: int
+    previous: int
+    keys: list[bytes]
+
+    @staticmethod
+    def parse(message: bytes) -> Announcement:
+        head, *keys = message.split(b"\n")
+        generation, partition, offset, previous = map(int, head.split(b":"))
+        return Announcement(generation, partition, offset, previous, keys)
+
+    @staticmethod
+    def key_lines(names: list[tuple[str, str]]) -> bytes:
+        """The lines naming ``names`` (tenant, key), each after a newline, as the projector appends them."""
+        return b"".join(b"\n" + kafka_key(tenant, key) for tenant, key in names)
 
 
 @lru_cache(maxsize=256)

@@ -31,6 +31,7 @@ from commands.keys import format_positions, kafka_key, partition_for
 from projections.redis_restore import warm_record
 from queries.cold import ColdRecord
 from queries.context import QueryContext
+from queries.hot_cache import Current, HotCache
 from queries.tracking import first_reached
 
 log = logging.getLogger("ams.gateway")
@@ -38,13 +39,6 @@ log = logging.getLogger("ams.gateway")
 REDIS_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, BusyLoadingError)
 COLD_READS = Counter("ams_gateway_cold_reads", "Current-value reads served from PostgreSQL", ["reason"])
 REWARMED = Counter("ams_gateway_rewarmed_keys", "Keys written back into Redis after a read from PostgreSQL")
-
-
-@dataclass(frozen=True, slots=True)
-class Current:
-    value: bytes  # the JSON exactly as written
-    version: int
-    partition: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +58,43 @@ class HotRead:
 
 async def read_current(ctx: QueryContext, tenant: str, key: str, positions: dict[int, int]) -> Current | None:
     """The key's live value, at or after ``positions``; None if it does not exist."""
-    home = partition_for(kafka_key(tenant, key), ctx.partitions)
+    name = kafka_key(tenant, key)
+    cache = ctx.applied.cache
+    if cache is not None:
+        cached = cache.get(name, positions, now_ms())
+        if cached is not None:
+            return cached
+    home = partition_for(name, ctx.partitions)
+    return await _read(ctx, tenant, key, home, positions, Caching(cache, name, home))
+
+
+class Caching:
+    """What a read that missed the hot-key cache tells it (see `queries.hot_cache`); nothing when it is off."""
+
+    __slots__ = ("cache", "home", "name", "ticket")
+
+    def __init__(self, cache: HotCache | None, name: bytes, home: int) -> None:
+        self.cache, self.name, self.home = cache, name, home
+        self.ticket = cache.ticket() if cache is not None else None  # before the read begins
+
+    def served_hot(self, hot: HotRead, current: Current | None) -> None:
+        if self.cache is not None and self.ticket is not None:
+            self.cache.showed(self.home, hot.checkpoint)
+            if current is not None:
+                self.cache.put(self.ticket, self.name, current, hot.expires)
+
+    def served_cold(self, cold: ColdRecord) -> None:
+        if self.cache is not None:
+            self.cache.showed(self.home, cold.checkpoint)
+
+    def not_live(self) -> None:
+        """Redis lost the partition's data: nothing cached can be vouched for."""
+        if self.cache is not None:
+            self.cache.unsettle([self.home])
+
+
+async def _read(ctx: QueryContext, tenant: str, key: str, home: int, positions: dict[int, int],
+                caching: Caching) -> Current | None:
     started = time.monotonic()
     timeout = ctx.settings.read_wait_timeout
     winner = await first_reached([ctx.applied, ctx.cold], positions, timeout)
@@ -75,9 +105,13 @@ async def read_current(ctx: QueryContext, tenant: str, key: str, positions: dict
     if winner is ctx.applied:
         hot = await _read_hot(ctx, home, tenant, key)
         if hot is not None and hot.live and hot.checkpoint >= positions.get(home, -1):
+            current = hot.current(home, now_ms())
+            caching.served_hot(hot, current)
             if hot.version is not None:
-                return hot.current(home, now_ms())
-            return await _check_miss(ctx, tenant, key, home, hot.checkpoint)
+                return current
+            return await _check_miss(ctx, tenant, key, home, hot.checkpoint, caching)
+        if hot is not None and not hot.live:
+            caching.not_live()
     if winner is ctx.cold or (hot is not None and hot.live):
         reason = "redis_behind"  # PostgreSQL reached the caller's token first
     else:
@@ -92,6 +126,7 @@ async def read_current(ctx: QueryContext, tenant: str, key: str, positions: dict
         )
     cold = await ctx.cold.current(tenant, key, home)
     COLD_READS.labels(reason).inc()
+    caching.served_cold(cold)
     if hot is not None:
         await _warm(ctx, home, tenant, key, cold)
     return _visible(cold, home)
@@ -136,7 +171,8 @@ def _warn_redis_unavailable(error: Exception) -> None:
                     "(counted in ams_gateway_cold_reads_total)", error)
 
 
-async def _check_miss(ctx: QueryContext, tenant: str, key: str, home: int, redis_checkpoint: int) -> Current | None:
+async def _check_miss(ctx: QueryContext, tenant: str, key: str, home: int, redis_checkpoint: int,
+                      caching: Caching) -> Current | None:
     try:
         cold = await ctx.cold.current(tenant, key, home)
     except ApiError:
@@ -144,6 +180,7 @@ async def _check_miss(ctx: QueryContext, tenant: str, key: str, home: int, redis
     if cold.record is None or cold.checkpoint < redis_checkpoint:
         return None
     COLD_READS.labels("redis_miss").inc()
+    caching.served_cold(cold)
     await _warm(ctx, home, tenant, key, cold)
     return _visible(cold, home)
 

@@ -110,7 +110,7 @@ class GatewayNamespaces:
     async def serve(self, namespace: Namespace) -> Served:
         """The namespace's contexts, started; NotServed names the part that did not start."""
         applied = AppliedPositions(self.redis, RedisLayout(namespace.redis_prefix), self.live_log.partitions,
-                                   self.channels)
+                                   self.channels, self.settings.hot_cache_keys)
         cold = ColdStore(replace(self.settings, postgres_schema=namespace.postgres_schema),
                          home=self.settings.postgres_schema)
         vectors = VectorServices(self.settings, self.redis, namespace)

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from prometheus_client import Counter
 from starlette.requests import Request
 
 from ams.http import ApiError
@@ -20,6 +21,8 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 _POSITIONS = re.compile(r"\s*\d+:\d+\s*(,\s*\d+:\d+\s*)*")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+LOG_END_LOOKUPS = Counter("ams_gateway_log_end_lookups",
+                          "Reads that asked Kafka where the log ends (no projection had applied their position yet)")
 
 
 def limit_param(request: Request) -> int:
@@ -59,9 +62,15 @@ def position_param(request: Request, name: str, partitions: int) -> Position | N
 
 async def within_log(request: Request, positions: dict[int, int], what: str) -> dict[int, int]:
     """``positions``, if the log (the live one, or the sandbox's) has reached each of them: a read that
-    waited for a position no event has yet could only time out, so it is refused at once with a 400."""
-    if positions:
-        heads = await request.app.state.namespaces.resolve(request).commands.log.written_offsets()
+    waited for a position no event has yet could only time out, so it is refused at once with a 400.
+
+    Kafka is asked only when neither projection has applied them yet: what a projection applied is in the
+    log, and most tokens a reader carries are already applied, so asking on every read would add a round
+    trip to Kafka to reads that need none."""
+    namespace = request.app.state.namespaces.resolve(request)
+    if positions and not (namespace.queries.applied.reached(positions) or namespace.queries.cold.reached(positions)):
+        LOG_END_LOOKUPS.inc()
+        heads = await namespace.commands.log.written_offsets()
         beyond = {partition: offset for partition, offset in positions.items() if offset >= heads.get(partition, 0)}
         if beyond:
             raise ApiError(400, "position_beyond_log",

@@ -174,12 +174,17 @@ def state_after(events: list[Logged], included: Callable[[Logged], bool]) -> Rec
     return fold(prefix)[0]
 
 
+async def gateway_metric(gateway_url: str, sample: str) -> float:
+    """The value of ``sample`` (a metric's name with its labels, if any) on a gateway's /metrics; 0 if absent."""
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"{gateway_url}/metrics")).text
+    prefix = f"{sample} "
+    return next((float(line.removeprefix(prefix)) for line in text.splitlines() if line.startswith(prefix)), 0.0)
+
+
 async def cold_reads(settings: Settings, reason: str) -> float:
     """How many current-value reads the gateway has served from PostgreSQL for ``reason``."""
-    async with httpx.AsyncClient() as client:
-        text = (await client.get(f"{settings.gateway_url}/metrics")).text
-    prefix = f'ams_gateway_cold_reads_total{{reason="{reason}"}} '
-    return next((float(line.removeprefix(prefix)) for line in text.splitlines() if line.startswith(prefix)), 0.0)
+    return await gateway_metric(settings.gateway_url, f'ams_gateway_cold_reads_total{{reason="{reason}"}}')
 
 
 def in_log_order(positions: list[str]) -> bool:

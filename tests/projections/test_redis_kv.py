@@ -13,11 +13,11 @@ import pytest
 import redis
 
 from ams.settings import get_settings
-from commands.envelope import PUT, Event, now_ms
+from commands.envelope import DELETE, PUT, STREAM_APPEND, Event, now_ms
 from commands.fold import MAX_REMEMBERED_COMMANDS, Status
 from commands.keys import kafka_key, partition_for
 from projections.redis_kv import PART_RECORDS, RedisSink
-from projections.redis_layout import RedisLayout
+from projections.redis_layout import Announcement, RedisLayout
 from projections.sink import Positioned, ProjectionSink
 from tests.projections.sink_contract import SinkContract
 
@@ -161,3 +161,34 @@ async def test_a_rebuild_writes_what_it_folded_when_flushed_and_remembers_it_mea
     finally:
         await sink.drop()
         await sink.close()
+
+
+async def test_each_batch_is_announced_with_the_keys_it_changed(tenant: str) -> None:
+    settings = get_settings()
+    layout = RedisLayout(f"test-{uuid.uuid4().hex[:8]}")
+    live, rebuild = (RedisSink(settings.redis_url, layout, settings.partitions, building=building)
+                     for building in (None, 1))
+    pubsub = live.client.pubsub()
+    await pubsub.subscribe(layout.applied_channel)
+    try:
+        home, events = one_partition_batch(live, tenant, 3)
+        stream = Positioned(Event(STREAM_APPEND, tenant, "s", {"n": 3}, ts=now_ms()), 3)  # not a key: not named
+        await live.apply(home, [*events, stream], 3, -1)
+        await live.apply(home, [Positioned(Event(DELETE, tenant, events[0].event.key, ts=now_ms()), 4, True)], 4, 3)
+        await rebuild.checkpoints()
+        await rebuild.apply(home, events, 2, -1)
+        await rebuild.flush(home)
+        heard: list[Announcement] = []
+        deadline = time.monotonic() + 10
+        while len(heard) < 3 and time.monotonic() < deadline:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)  # None: a confirmation
+            if message is not None:
+                heard.append(Announcement.parse(message["data"]))
+        keys = [kafka_key(tenant, item.event.key) for item in events]
+        assert heard == [Announcement(0, home, 3, -1, keys), Announcement(0, home, 4, 3, keys[:1]),
+                         Announcement(1, home, 2, -1, [])]  # nobody reads a rebuild's generation yet
+    finally:
+        await pubsub.aclose()
+        for sink in (live, rebuild):
+            await sink.drop()
+            await sink.close()
