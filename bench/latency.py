@@ -222,6 +222,7 @@ async def measure_all(settings: Settings, options: Options) -> Results:
                 latency |= await interleaved("sequential reads", read_paths(agent, bare, redis, records, store),
                                              options)
                 bare.close()
+                settled(agent, "the throughput runs")
                 load = await throughput(settings, floor, bare_port, agent.run, options)
     finally:
         await redis.aclose()
@@ -234,11 +235,17 @@ async def measure_all(settings: Settings, options: Options) -> Results:
     return Results(config, latency, load, idle, rebuild)
 
 
-def idle_cpu(agent: Agent, settings: Settings, options: Options) -> IdleCpu:
+def settled(agent: Agent, what: str) -> None:
+    """Wait until the projections have applied what came before (the vectors written for search keep the
+    embedder and the vector views busy for a while), so that ``what`` measures AMS, not that backlog."""
     with progress.status("waiting for the projections to catch up"):
         caught_up = wait_caught_up(agent, 180)
     if not caught_up:
-        progress.print("[yellow]the projections did not catch up within 180 s: the idle figure includes that work")
+        progress.print(f"[yellow]the projections did not catch up within 180 s: {what} include that work")
+
+
+def idle_cpu(agent: Agent, settings: Settings, options: Options) -> IdleCpu:
+    settled(agent, "the idle figures")
     agent.http.close()
     with progress.status(f"idle stack: CPU of AMS's processes over {options.idle_seconds:g}s"):
         return measure_idle(settings, options.idle_seconds)
@@ -248,10 +255,10 @@ def parse_options() -> tuple[Options, bool]:
     parser = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="a short smoke run: few samples, 1 s wrk runs, 5 s idle, no rebuild")
+                        help="a short smoke run: few samples, 2 s wrk runs, 5 s idle, no rebuild")
     parser.add_argument("--json", action="store_true", help="one JSON document on standard output, no table")
     parser.add_argument("--samples", type=int, help="timed calls per sequential path (default 2000; quick 100)")
-    parser.add_argument("--seconds", type=float, help="duration of each throughput run (default 5; quick 1)")
+    parser.add_argument("--seconds", type=float, help="duration of each throughput run (default 5; quick 2)")
     parser.add_argument("--idle-seconds", type=float, help="idle CPU interval (default 60; quick 5)")
     parser.add_argument("--rebuild-events", type=int, help="events of the rebuild run, 0 skips it "
                         "(default 200000; quick 0)")
@@ -260,7 +267,7 @@ def parse_options() -> tuple[Options, bool]:
     options = Options(
         samples=args.samples or (100 if quick else 2000),
         warmup=20 if quick else 200,
-        seconds=args.seconds or (1 if quick else 5),
+        seconds=args.seconds or (2 if quick else 5),
         idle_seconds=args.idle_seconds or (5 if quick else 60),
         rebuild_events=args.rebuild_events if args.rebuild_events is not None else (0 if quick else 200_000),
         quick=quick,

@@ -36,7 +36,8 @@ def test_a_quick_run_prints_every_figure_and_target_as_json() -> None:
         assert 0 < figure["p50_ms"] <= figure["p99_ms"] <= figure["p999_ms"]
     assert set(report["throughput"]) == {f"{load}_x{n}" for load in LOADS for n in (16, 64)}
     assert all(run["requests"] > 0 and run["per_second"] > 0 for run in report["throughput"].values())
-    assert {"gateway", "projector-redis"} <= set(report["idle_cpu"]["processes"])
+    processes = set(report["idle_cpu"]["processes"])
+    assert "projector-redis" in processes and any(name.startswith("gateway") for name in processes)
     assert report["rebuild"]["events"] == 2000 and report["rebuild"]["building_per_second"] > 0
     assert [target["name"] for target in report["targets"]] == TARGETS
     for target in report["targets"]:
