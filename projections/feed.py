@@ -70,9 +70,9 @@ class Feed:
                 raise
             except Reseek as reseek:
                 self.seek(reseek.offsets)
-            except KafkaError as error:
-                log.warning("%s projection: Kafka failed (%r); trying again in %.0fs", self.projector.label, error,
-                            FAILED_BATCH_PAUSE)
+            except Exception as error:  # noqa: BLE001 - a loop that ended would leave its partitions unprojected
+                log.warning("%s projection: reading the log failed (%r); trying again in %.0fs", self.projector.label,
+                            error, FAILED_BATCH_PAUSE)
                 await asyncio.sleep(FAILED_BATCH_PAUSE)
 
     async def _handle(self, by_partition: Mapping[int, Sequence[LogRecord]]) -> None:
