@@ -85,7 +85,7 @@ class MilvusSink(RecoverableSink):
 
     def _live_checkpoints(self) -> dict[int, tuple[int, int]]:
         self.store.follow_live()
-        return self.store.checkpoints()
+        return self.store.checkpoints(range(self.settings.partitions))
 
     def _apply(self, partition: int, ops: list[EmbeddingOp], through: int, expected: int) -> None:
         generation = self.store.follow_live()
@@ -98,7 +98,7 @@ class MilvusSink(RecoverableSink):
             raise
 
     def _apply_to_generation(self, partition: int, ops: list[EmbeddingOp], through: int, expected: int) -> None:
-        stored = self.store.checkpoints().get(partition)
+        stored = self.store.checkpoints([partition]).get(partition)
         found = stored[0] if stored else NO_CHECKPOINT
         if found != expected:
             raise CheckpointMoved(partition, expected, found)

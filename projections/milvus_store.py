@@ -22,7 +22,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -282,11 +282,17 @@ class MilvusStore:
         self._loaded.add(name)
         return name
 
-    def checkpoints(self) -> dict[int, tuple[int, int]]:
-        """partition -> (last applied offset of memory.embeddings, embedder mark of memory.events)."""
+    def checkpoints(self, partitions: Iterable[int]) -> dict[int, tuple[int, int]]:
+        """partition -> (last applied offset of memory.embeddings, embedder mark of memory.events), of those
+        of ``partitions`` the view has seen.
+
+        Asked by primary key: every checkpoint write is an upsert, which leaves the old row behind as a
+        deletion until compaction, and a range filter (``partition >= 0``) scans all of them. After a few
+        thousand writes that scan cost Milvus Lite 33 ms of CPU per batch; the lookup by key costs 1.4 ms.
+        """
         name = self._ensure_checkpoints()
         with _reloading(self):
-            rows = self.client.query(name, filter="partition >= 0",
+            rows = self.client.query(name, filter=f"partition in {sorted(set(partitions))}",
                                      output_fields=["partition", "offset", "mark"])
         return {int(row["partition"]): (int(row["offset"]), int(row["mark"])) for row in rows}
 

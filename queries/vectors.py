@@ -136,7 +136,7 @@ async def _wait_milvus(store: MilvusStore, positions: dict[int, int], timeout: f
     while True:
         try:
             await asyncio.to_thread(store.follow_live, MILVUS_FOLLOW_SECONDS)
-            checkpoints = await asyncio.to_thread(store.checkpoints)
+            checkpoints = await asyncio.to_thread(store.checkpoints, positions)
         except (CollectionReleased, GenerationUnknown):
             checkpoints = {}  # Milvus restarting: asked again on the next poll
         marks = {partition: mark for partition, (_, mark) in checkpoints.items()}

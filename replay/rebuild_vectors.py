@@ -174,7 +174,7 @@ async def _rebuild_milvus(settings: Settings, tracker: Tracker, restart: bool) -
             await builder.to_head()
             # Then exactly what the live worker has applied meanwhile: a bound, where waiting to be level
             # with a live worker that keeps applying new writes could go on for ever.
-            live_checkpoints = await asyncio.to_thread(admin.checkpoints)
+            live_checkpoints = await asyncio.to_thread(admin.checkpoints, range(settings.partitions))
             await builder.through({partition: offset for partition, (offset, _) in live_checkpoints.items()})
             await asyncio.to_thread(sink.store.switch_live)
             tracker.state.switched = list(range(settings.partitions))

@@ -219,7 +219,7 @@ async def test_a_milvus_generation_switched_in_behind_the_live_worker_is_caught_
                           Tracker(RebuildState("behind", live + 1), redis, layout, progress_display(quiet=True)))
         await builder.start()
         # The tenant's own writes are the last ones of their partitions: stop two operations short of them.
-        live_checkpoints = await asyncio.to_thread(store.checkpoints)
+        live_checkpoints = await asyncio.to_thread(store.checkpoints, range(settings.partitions))
         await builder.through({partition: offset - 2 for partition, (offset, _) in live_checkpoints.items()})
         recovered = await milvus_recoveries(settings)
         await asyncio.to_thread(sink.store.switch_live)
