@@ -88,9 +88,11 @@ class Feed:
             self.seek({partition: self.projector.resume_offset(partition) for partition in by_partition})
 
     async def check(self) -> None:
-        """Recover partitions whose store lost data, settle idle ones, and commit the checkpoints."""
+        """Flush what the sink holds, recover partitions whose store lost data, settle idle ones, and commit the
+        checkpoints."""
         ours = self.partitions()
         try:
+            await self.projector.write_held()
             for partition in await self.projector.recover_incomplete(ours, unless_busy=True):
                 self.seek({partition: self.projector.resume_offset(partition)})
             positions = {partition: await self.consumer.position(TopicPartition(self.topic, partition))

@@ -13,12 +13,23 @@ it (the new generation lacks the batch that was in progress): the sink is then a
 partition went back in time, and the projector catches it up with a private reader of the topic, as it
 does for a Redis that lost data, instead of seeking the worker's consumer backwards. Re-applied
 operations are no-ops, by version.
+
+Most batches change nothing here: the embedder sends a mark for every batch of ``memory.events``, vectors or
+not. Writing a checkpoint row for each cost Milvus Lite and this worker about 7 ms of CPU per write to AMS,
+on a 2-core machine the largest share of a write's total. So the live worker holds a mark-only batch's
+checkpoint in memory when it wrote one less than HOLD_SECONDS ago, and writes it with the next batch that
+changes rows, or at the next periodic check (`write_held`, about a second). Nothing is lost by holding it: a
+worker that stops replays the marks from the stored checkpoint, and marks change no rows. Readers waiting
+for a mark (a vector search on Milvus carrying a session token) wait at most that second longer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pymilvus.exceptions import ConnectError, MilvusException, MilvusUnavailableException
@@ -28,6 +39,19 @@ from commands.fold import Outcome
 from projections.embeddings import MARK, UPSERT, EmbeddingOp
 from projections.milvus_store import MilvusStore, Row
 from projections.sink import NO_CHECKPOINT, TRANSIENT, CheckpointMoved, Positioned, RecoverableSink
+
+log = logging.getLogger("ams.projector")
+
+HOLD_SECONDS = 0.25  # a mark-only batch within this long of the partition's last checkpoint write is held
+
+
+@dataclass
+class Held:
+    """A partition's checkpoint that mark-only batches moved in memory only: Milvus still holds ``stored``."""
+
+    stored: int
+    through: int
+    mark: int
 
 
 def newest_per_key(ops: Sequence[EmbeddingOp]) -> dict[tuple[str, str], EmbeddingOp]:
@@ -49,6 +73,8 @@ class MilvusSink(RecoverableSink):
         """``generation``: the one a rebuild fills; None (the worker) follows the live one."""
         self.settings, self.generation = settings, generation
         self._store: MilvusStore | None = None
+        self._held: dict[int, Held] = {}
+        self._written_at: dict[int, float] = {}  # time.monotonic() of each partition's last checkpoint write
 
     @property
     def store(self) -> MilvusStore:
@@ -63,8 +89,16 @@ class MilvusSink(RecoverableSink):
             self._store.close()
 
     async def checkpoints(self) -> dict[int, int]:
+        """The stored checkpoints, with the ones held in memory over them (while Milvus still has what they
+        were held over: otherwise something else moved it, and the hold is forgotten)."""
         rows = await asyncio.to_thread(self._live_checkpoints)
-        return {partition: offset for partition, (offset, _) in rows.items()}
+        stored = {partition: offset for partition, (offset, _) in rows.items()}
+        for partition, held in list(self._held.items()):
+            if stored.get(partition, NO_CHECKPOINT) == held.stored:
+                stored[partition] = held.through
+            else:
+                del self._held[partition]
+        return stored
 
     async def incomplete(self, partitions: Collection[int], expected: Mapping[int, int]) -> list[int]:
         """Partitions a rebuild's switch left behind the worker (see the module's docstring)."""
@@ -80,8 +114,32 @@ class MilvusSink(RecoverableSink):
     async def apply(
         self, partition: int, events: Sequence[Positioned[Any]], through: int, expected: int
     ) -> list[Outcome | None]:
-        await asyncio.to_thread(self._apply, partition, [item.event for item in events], through, expected)
+        ops = [item.event for item in events]
+        if not self._hold(partition, ops, through, expected):
+            await asyncio.to_thread(self._apply, partition, ops, through, expected)
         return [None] * len(events)
+
+    async def write_held(self) -> None:
+        """Write the checkpoints held in memory."""
+        for partition, held in list(self._held.items()):
+            try:
+                await asyncio.to_thread(self._apply, partition, [], held.through, held.through)
+            except CheckpointMoved as moved:  # the projector's next check or batch finds it moved, and follows
+                log.warning("milvus projection: a held checkpoint was not written: %s", moved)
+
+    def _hold(self, partition: int, ops: list[EmbeddingOp], through: int, expected: int) -> bool:
+        """Hold a mark-only batch's checkpoint in memory instead of writing it (see the module's docstring)."""
+        if not self.store.following or any(op.op != MARK for op in ops):
+            return False
+        held = self._held.get(partition)
+        if held is None and time.monotonic() - self._written_at.get(partition, 0.0) >= HOLD_SECONDS:
+            return False
+        if held is not None and held.through != expected:
+            return False  # the projector re-read its checkpoints meanwhile: write, and check, as usual
+        marks = [op.through for op in ops if op.partition == partition]
+        self._held[partition] = Held(stored=held.stored if held else expected, through=through,
+                                     mark=max([held.mark if held else NO_CHECKPOINT, *marks]))
+        return True
 
     def _live_checkpoints(self) -> dict[int, tuple[int, int]]:
         self.store.follow_live()
@@ -98,11 +156,14 @@ class MilvusSink(RecoverableSink):
             raise
 
     def _apply_to_generation(self, partition: int, ops: list[EmbeddingOp], through: int, expected: int) -> None:
+        held = self._held.pop(partition, None)
+        if held is not None and held.through != expected:
+            held = None  # the projector moved on from another checkpoint: the hold no longer applies
         stored = self.store.checkpoints([partition]).get(partition)
         found = stored[0] if stored else NO_CHECKPOINT
-        if found != expected:
+        if found != (held.stored if held else expected):
             raise CheckpointMoved(partition, expected, found)
-        mark = stored[1] if stored else NO_CHECKPOINT
+        mark = max(stored[1] if stored else NO_CHECKPOINT, held.mark if held else NO_CHECKPOINT)
         by_tenant: dict[str, list[EmbeddingOp]] = {}
         for op in newest_per_key([op for op in ops if op.op != MARK]).values():
             by_tenant.setdefault(op.tenant, []).append(op)
@@ -110,6 +171,7 @@ class MilvusSink(RecoverableSink):
             self._apply_tenant(tenant, tenant_ops)
         marks = [op.through for op in ops if op.op == MARK and op.partition == partition]
         self.store.write_checkpoint(partition, through, max([mark, *marks]))
+        self._written_at[partition] = time.monotonic()
 
     def _apply_tenant(self, tenant: str, ops: list[EmbeddingOp]) -> None:
         vectors = [(op.vector, op.metric) for op in ops if op.op == UPSERT and op.vector is not None]

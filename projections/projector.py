@@ -188,6 +188,11 @@ class Projector:
                 except CheckpointMoved as moved:  # the next batch or check follows it
                     log.warning("%s projection: %s", self.label, moved)
 
+    async def write_held(self) -> None:
+        """Let the sink write what it holds in memory (`ProjectionSink.write_held`), between batches."""
+        async with self._lock:
+            await self.sink.write_held()
+
     async def recover_incomplete(self, partitions: Collection[int], *, unless_busy: bool = False) -> list[int]:
         """Recover the partitions whose store lost data; return them. ``unless_busy``: skip the check
         while a batch or a recovery runs (a periodic check will come back)."""

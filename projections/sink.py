@@ -61,6 +61,11 @@ class ProjectionSink(ABC):
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
+    async def write_held(self) -> None:  # noqa: B027 - optional hook
+        """Write what the sink applied in memory only (`projections.milvus_sink` holds mark-only checkpoints).
+
+        Called by the worker's periodic check; a sink that writes every batch at once has nothing to do."""
+
     async def drop(self) -> int:
         """Remove every trace of this sink's namespace (a dropped sandbox); returns how many things went.
 
