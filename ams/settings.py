@@ -72,6 +72,10 @@ class Settings:
     # With Redis replicas: after each batch, wait until this many replicas have it (Redis WAIT).
     redis_wait_replicas: int = field(default_factory=lambda: _env_int("REDIS_WAIT_REPLICAS", 0))
     redis_wait_timeout_ms: int = field(default_factory=lambda: _env_int("REDIS_WAIT_TIMEOUT_MS", 1000))
+    # The CPU priority (nice) of the projections no write waits for (PostgreSQL, the embedder, Milvus) and
+    # of Milvus Lite: they use what the write and read path leave (docs/ARCHITECTURE.md, "Where a write's
+    # time goes"). 0 runs them at the same priority as the gateway.
+    background_nice: int = field(default_factory=lambda: _env_int("BACKGROUND_NICE", 10))
 
     # PostgreSQL: the durable projection.
     postgres_port: int = field(default_factory=lambda: _env_int("POSTGRES_PORT", 15432))

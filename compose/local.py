@@ -42,8 +42,8 @@ def _ams_process(argv: list[str]) -> Callable[[Settings, ManagedProcess], None]:
 
 def _milvus_lite(settings: Settings, process: ManagedProcess) -> None:
     """Milvus Lite locks its data to one process, so `ams up` serves it to the worker and the gateways."""
-    process.start([sys.executable, "-m", "milvus_lite", "server", "--data-dir", settings.milvus_uri,
-                   "--host", "127.0.0.1", "--port", str(settings.milvus_port)])
+    process.start(["nice", "-n", str(settings.background_nice), sys.executable, "-m", "milvus_lite", "server",
+                   "--data-dir", settings.milvus_uri, "--host", "127.0.0.1", "--port", str(settings.milvus_port)])
 
 
 def infrastructure(settings: Settings) -> list[Component]:

@@ -52,6 +52,9 @@ SINKS: dict[str, Callable[[Settings, Namespace], ProjectionSink]] = {
 # The projections that also project sandboxes. A sandbox's embedder emits into the sandbox's own embeddings
 # stream, which each gateway's FAISS view of the sandbox reads; Milvus holds live vectors only (docs/VECTORS.md).
 SANDBOXED = ("redis", "postgres", "embedder")
+# The projection a strong write waits for and a read reads; the others are background views, run at a lower
+# CPU priority (`Settings.background_nice`) so that their work for one write does not delay the next.
+HOT = "redis"
 
 
 def source_topic(sink: ProjectionSink, namespace: Namespace) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 
 import uvicorn
@@ -28,7 +29,7 @@ from ams.settings import Settings
 from ams.tasks import cancel_all
 from projections import metrics
 from projections.feed import Feed
-from projections.projectors import SANDBOXED, SINKS, projector_for, source_topic
+from projections.projectors import HOT, SANDBOXED, SINKS, projector_for, source_topic
 from projections.sandbox_follower import SandboxFollower
 
 log = logging.getLogger("ams.projector")
@@ -130,6 +131,8 @@ class ProjectionWorker:
 def run_projection(name: str, settings: Settings) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    if name != HOT:
+        os.nice(settings.background_nice)  # before any thread starts: threads inherit it
     worker = ProjectionWorker(name, settings)
     config = uvicorn.Config(worker.app(), host="127.0.0.1", port=web_port(settings, name), log_level="warning",
                             access_log=False)

@@ -56,6 +56,23 @@ def test_status_shows_every_component_ready(stack: LocalStack) -> None:
     assert len({rows[name][1] for name in gateway_processes}) == len(gateway_processes)  # one pid each
 
 
+def thread_priorities(pid: int) -> set[int]:
+    """The nice value of every thread of a process (Linux gives each thread its own)."""
+    return {int(stat.read_text().rsplit(")", 1)[1].split()[16]) for stat in Path(f"/proc/{pid}/task").glob("*/stat")}
+
+
+def test_background_projections_and_milvus_lite_run_at_a_lower_cpu_priority(
+    stack: LocalStack, settings: Settings
+) -> None:
+    expected = {"projector-redis": 0, "projector-postgres": settings.background_nice,
+                "projector-embedder": settings.background_nice, "projector-milvus": settings.background_nice,
+                "milvus-lite": settings.background_nice, "gateway-1": 0}
+    for name, nice in expected.items():
+        pid = stack.process(name).pid()
+        assert pid is not None, f"{name} is not running"
+        assert thread_priorities(pid) == {nice}, name
+
+
 def test_the_gateway_name_addresses_every_gateway_process(stack: LocalStack) -> None:
     assert [component.name for component in stack.named("gateway")] == [
         gateways.name(number) for number in gateway_numbers(stack.settings)]
