@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import socket
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ams.settings import Settings
 from bench.lean_http import LeanConnection
 
 VALUE = b'{"step": 1, "note": "bare endpoint"}'
@@ -42,8 +42,9 @@ app = Starlette(routes=[Route("/value", value), Route("/search", search, methods
 
 
 def gateway_processes() -> int:
-    """How many processes the gateway runs (``AMS_GATEWAY_PROCESSES``, 1 when unset)."""
-    return max(1, int(os.environ.get("AMS_GATEWAY_PROCESSES", "1")))
+    """How many processes the gateway runs (``AMS_GATEWAY_PROCESSES``; by default one per core), so that the
+    bare endpoint is served by as many."""
+    return Settings().gateway_processes
 
 
 def serve(port: int) -> None:
