@@ -133,14 +133,11 @@ async def _read(ctx: QueryContext, tenant: str, key: str, home: int, positions: 
 
 
 async def _read_hot(ctx: QueryContext, home: int, tenant: str, key: str) -> HotRead | None:
-    """The record, the checkpoint and the live marker of its partition, in one MULTI; None if Redis is down."""
+    """The record, the checkpoint and the live marker of its partition, read atomically; None if Redis is down."""
     try:
         layout = ctx.applied.layout_of(home)
-        async with ctx.redis.pipeline(transaction=True) as pipe:
-            pipe.hmget(layout.record(home, tenant, key), ["value", "version", "expires", "deleted"])
-            pipe.get(layout.checkpoint(home))
-            pipe.exists(layout.live(home))
-            (value, version, expires, deleted), checkpoint, live = await pipe.execute()
+        keys = [layout.record(home, tenant, key), layout.checkpoint(home), layout.live(home)]
+        (value, version, expires, deleted), checkpoint, live = await ctx.read_record(keys)
     except REDIS_UNAVAILABLE as error:
         _warn_redis_unavailable(error)
         return None
