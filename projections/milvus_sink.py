@@ -74,7 +74,8 @@ class MilvusSink(RecoverableSink):
         self.settings, self.generation = settings, generation
         self._store: MilvusStore | None = None
         self._held: dict[int, Held] = {}
-        self._written_at: dict[int, float] = {}  # time.monotonic() of each partition's last checkpoint write
+        # Each partition's last checkpoint this sink wrote: (offset, time.monotonic() of the write).
+        self._written: dict[int, tuple[int, float]] = {}
 
     @property
     def store(self) -> MilvusStore:
@@ -132,9 +133,11 @@ class MilvusSink(RecoverableSink):
         if not self.store.following or any(op.op != MARK for op in ops):
             return False
         held = self._held.get(partition)
-        if held is None and time.monotonic() - self._written_at.get(partition, 0.0) >= HOLD_SECONDS:
-            return False
-        if held is not None and held.through != expected:
+        if held is None:
+            offset, at = self._written.get(partition, (NO_CHECKPOINT, 0.0))
+            if offset != expected or time.monotonic() - at >= HOLD_SECONDS:
+                return False  # not right after a write of this sink's own: write, and check, as usual
+        elif held.through != expected:
             return False  # the projector re-read its checkpoints meanwhile: write, and check, as usual
         marks = [op.through for op in ops if op.partition == partition]
         self._held[partition] = Held(stored=held.stored if held else expected, through=through,
@@ -171,7 +174,7 @@ class MilvusSink(RecoverableSink):
             self._apply_tenant(tenant, tenant_ops)
         marks = [op.through for op in ops if op.op == MARK and op.partition == partition]
         self.store.write_checkpoint(partition, through, max([mark, *marks]))
-        self._written_at[partition] = time.monotonic()
+        self._written[partition] = (through, time.monotonic())
 
     def _apply_tenant(self, tenant: str, ops: list[EmbeddingOp]) -> None:
         vectors = [(op.vector, op.metric) for op in ops if op.op == UPSERT and op.vector is not None]

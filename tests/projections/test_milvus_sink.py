@@ -15,7 +15,7 @@ import pytest
 from ams.settings import Settings
 from projections.embeddings import MARK, UPSERT, EmbeddingOp
 from projections.milvus_sink import MilvusSink
-from projections.sink import Positioned
+from projections.sink import CheckpointMoved, Positioned
 
 PARTITION = 97  # beyond any partition the live worker owns
 
@@ -73,3 +73,10 @@ async def test_marks_long_after_a_write_are_written_at_once(sink: MilvusSink, mo
     await sink.apply(PARTITION, [mark(10)], through=0, expected=-1)
     await sink.apply(PARTITION, [mark(11)], through=1, expected=0)
     assert stored(sink) == (1, 11)
+
+
+async def test_a_stale_expected_checkpoint_is_refused_even_right_after_a_write(sink: MilvusSink) -> None:
+    await sink.apply(PARTITION, [mark(10)], through=0, expected=-1)
+    with pytest.raises(CheckpointMoved):
+        await sink.apply(PARTITION, [mark(11)], through=5, expected=3)
+    assert stored(sink) == (0, 10)
