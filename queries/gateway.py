@@ -126,16 +126,17 @@ def create_app(settings: Settings) -> Starlette:
             if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
                 multiprocess.mark_process_dead(os.getpid())  # its gauges no longer count; its counters still do
 
+    # Starlette tries routes in order, a regular expression each: the hottest (a key's reads and writes) first.
     routes = [
+        *history.routes,  # before kv's: /v1/kv/{key}/history is not a key
+        *kv.routes,
+        *command_http.routes,
+        *command_batch.routes,
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
         *openapi.routes,
         Route("/v1/positions", positions),
-        *command_http.routes,
-        *command_batch.routes,
-        *history.routes,  # before kv's: /v1/kv/{key}/history is not a key
-        *kv.routes,
         *streams.routes,
         *events.routes,
         *watch.routes,
