@@ -30,9 +30,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 from ams.settings import Settings
+from projections.feed import Window
 from projections.redis_layout import RedisLayout
 from replay import rebuild_worker
-from replay.rebuild_worker import Window, WorkerProgress
+from replay.rebuild_worker import WorkerProgress
 
 console = Console()
 GRACE_SECONDS = 3.0  # > several gateway polls (0.5 s) before a retired generation is dropped

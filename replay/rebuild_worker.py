@@ -27,12 +27,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from ams import kafka_clients
 from ams.namespaces import live
 from ams.settings import Settings
-from projections.projector import LogRecord, Reseek
+from projections.feed import Feed, Window
 from projections.projectors import projector_for
 from projections.redis_kv import RedisSink
 from projections.redis_layout import RedisLayout
 
-POLL_SECONDS = 1.0
 REPORT_SECONDS = 0.25
 
 # KEYS: the partition's pointer. ARGV: new generation, prefix, partition.
@@ -68,18 +67,6 @@ class WorkerProgress:
 Report = Callable[[WorkerProgress], None]
 
 
-@dataclass(frozen=True)
-class Window:
-    """When the records fetched of a partition are handed to the projector together (before it is caught up).
-
-    A window of many events reads, folds and writes a key once however many of them it has (`bench.rebuild`,
-    1M events over 100,000 keys: 0.30x the raw read, against 0.23x with windows of 10,000 records). It closes
-    earlier once its values reach ``value_bytes``: a bound on memory."""
-
-    records: int = 100_000
-    value_bytes: int = 32 << 20
-
-
 def run(settings: Settings, generation: int, partitions: list[int], worker: int, report: Report,
         window: Window) -> None:
     """A worker process's entry point."""
@@ -108,76 +95,34 @@ async def build(settings: Settings, generation: int, partitions: list[int], prog
     switch = client.register_script(SWITCH)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
                                 isolation_level="read_committed", max_partition_fetch_bytes=8 << 20)
+    reported = 0.0
+
+    async def told(applied: int, behind: int) -> None:
+        nonlocal reported
+        if parent is not None and os.getppid() != parent:
+            raise SystemExit("the rebuild that started this worker is gone; stopping")
+        progress.applied, progress.behind = progress.applied + applied, behind
+        if time.monotonic() - reported > REPORT_SECONDS:
+            report(progress)
+            reported = time.monotonic()
+
+    feed = Feed(projector, consumer, settings.events_topic, group=False, progress=told)
     await consumer.start()
     try:
         await projector.load_checkpoints()
-        remaining = {TopicPartition(settings.events_topic, p) for p in partitions}
-        consumer.assign(list(remaining))
-        position: dict[TopicPartition, int] = {}
-        for tp in remaining:
-            position[tp] = projector.resume_offset(tp.partition)
-            consumer.seek(tp, position[tp])
-        pending: dict[TopicPartition, list[LogRecord]] = {tp: [] for tp in remaining}
-        pending_bytes = dict.fromkeys(remaining, 0)
-
-        def window_full(tp: TopicPartition) -> bool:
-            return len(pending[tp]) >= window.records or pending_bytes[tp] >= window.value_bytes
-
-        def seek(reseek: Reseek) -> None:
-            for partition, offset in reseek.offsets.items():
-                tp = TopicPartition(settings.events_topic, partition)
-                consumer.seek(tp, offset)
-                position[tp] = offset
-
-        heads: dict[TopicPartition, int] = {}
-        polled = reported = 0.0
+        remaining = set(partitions)
         while remaining:
-            if parent is not None and os.getppid() != parent:
-                raise SystemExit("the rebuild that started this worker is gone; stopping")
-            if time.monotonic() - polled > POLL_SECONDS:
-                heads = await consumer.end_offsets(list(remaining))
-                polled = time.monotonic()
-            fetching = [tp for tp in remaining if position[tp] < heads[tp] and not window_full(tp)]
-            if fetching:
-                batch = await consumer.getmany(*fetching, timeout_ms=200, max_records=20_000)
-                for tp, records in batch.items():
-                    pending[tp].extend(records)
-                    pending_bytes[tp] += sum(len(record.value or b"") for record in records)
-                for tp in fetching:
-                    position[tp] = await consumer.position(tp)  # past transaction markers too
-            ready = [tp for tp in remaining
-                     if pending[tp] and (window_full(tp) or position[tp] >= heads[tp])]
-            if ready:
-                try:
-                    await projector.handle_partitions({tp.partition: pending[tp] for tp in ready})
-                except Reseek as reseek:
-                    seek(reseek)
-                progress.applied += sum(len(pending[tp]) for tp in ready)
-                for tp in ready:
-                    pending[tp], pending_bytes[tp] = [], 0
-            elif not fetching:
-                # Caught up with the head last seen: over the markers that end the partitions (as the live
-                # worker does when idle, or the live checkpoint would stay ahead), write everything, then
-                # switch each partition the live one is not ahead of.
-                try:
-                    await projector.settle({tp.partition: position[tp] for tp in remaining}, idle=0.0)
-                except Reseek as reseek:
-                    seek(reseek)
-                    continue
-                # What the sink folded and has not written yet, all partitions at once: while Redis runs one
-                # partition's script, this process encodes the next one's.
-                await asyncio.gather(*(sink.flush(tp.partition) for tp in remaining))
-                for tp in sorted(remaining, key=lambda tp: tp.partition):
-                    arguments = [generation, layout.prefix, tp.partition]
-                    if await switch(keys=[layout.pointer(tp.partition)], args=arguments):
-                        remaining.discard(tp)
-                        consumer.pause(tp)
-                        progress.switched.append(tp.partition)
-                polled = 0.0  # what did not switch is behind a head that moved: look again now
-            if time.monotonic() - reported > REPORT_SECONDS:
-                progress.behind = sum(max(0, heads[tp] - position[tp]) + len(pending[tp]) for tp in remaining)
-                report(progress)
-                reported = time.monotonic()
+            consumer.assign([TopicPartition(settings.events_topic, partition) for partition in sorted(remaining)])
+            await feed.to_head(window)
+            # What the sink folded and has not written yet, all partitions at once: while Redis runs one
+            # partition's script, this process encodes the next one's. Then switch each partition the live
+            # one is not ahead of; the others go on to the head that has moved meanwhile.
+            await asyncio.gather(*(sink.flush(partition) for partition in remaining))
+            for partition in sorted(remaining):
+                if await switch(keys=[layout.pointer(partition)], args=[generation, layout.prefix, partition]):
+                    remaining.discard(partition)
+                    progress.switched.append(partition)
+            await told(0, 0)
         progress.behind, progress.done = 0, True
         report(progress)
     finally:

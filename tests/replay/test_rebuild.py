@@ -12,10 +12,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from ams.settings import Settings
+from projections.feed import Window
 from projections.redis_kv import RedisSink
 from projections.redis_layout import RedisLayout
 from replay.rebuild import read_state, rebuild_redis
-from replay.rebuild_worker import Window
 from tests.replay.digests import end_offsets
 from tests.support import fold_log_for, redis_records
 
