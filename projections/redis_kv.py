@@ -255,6 +255,7 @@ class RedisSink(ProjectionSink):
         self.wait_replicas, self.wait_timeout_ms = wait_replicas, wait_timeout_ms
         self.cache = RecordCache()
         self.unwritten: dict[int, Unwritten] = {}  # a rebuild's folded batches not yet written, per partition
+        self.written: dict[int, int] = {}  # a rebuild's checkpoints in Redis, as last read or written
         self._script = self.client.register_script(APPLY_BATCH)
         self._part = self.client.register_script(APPLY_PART)
 
@@ -299,6 +300,7 @@ class RedisSink(ProjectionSink):
         await self.refresh_generations()
         values = await self.client.mget([self.layout_of(p).checkpoint(p) for p in range(self.partitions)])
         found = {partition: int(value) for partition, value in enumerate(values) if value is not None}
+        self.written = dict(found)
         if self.building is not None:
             for partition in await self._unfinished(found):
                 log.warning("redis rebuild: partition %d of generation %d was interrupted in the middle of a "
@@ -307,6 +309,7 @@ class RedisSink(ProjectionSink):
                                                         + "*", count=1000):
                     await self.client.unlink(name)
                 found.pop(partition, None)
+                self.written.pop(partition, None)
                 self.unwritten.pop(partition, None)
         # What this sink folded and holds in memory counts: it is written before anything reads it.
         found.update((partition, unwritten.through) for partition, unwritten in self.unwritten.items())
@@ -355,7 +358,8 @@ class RedisSink(ProjectionSink):
         nobody reads the generation before it is switched in."""
         unwritten = self.unwritten.get(partition)
         if unwritten is None:
-            unwritten = self.unwritten[partition] = Unwritten(durable=expected, through=expected)
+            durable = self.written.get(partition, expected)
+            unwritten = self.unwritten[partition] = Unwritten(durable=durable, through=durable)
         if expected != unwritten.through:
             raise CheckpointMoved(partition, expected, unwritten.through, " (in what this rebuild has not written)")
         unwritten.through = through
@@ -375,6 +379,7 @@ class RedisSink(ProjectionSink):
         if unwritten.through != unwritten.durable:  # kept until written: a failed write is tried again later
             await self._write(partition, unwritten.through, unwritten.durable, unwritten.records, unwritten.rejected,
                               unwritten.forgotten)
+        self.written[partition] = unwritten.through
         del self.unwritten[partition]
 
     async def _write(

@@ -42,6 +42,22 @@ class TestRedisSink(SinkContract):
         return {"value": orjson.loads(value), "version": int(version)}
 
 
+class TestRedisSinkBuildingAGeneration(TestRedisSink):
+    """A rebuild's sink (`RedisSink(building=...)`): it folds in memory and writes when flushed, under the same
+    contract; a reader sees the generation once written."""
+
+    async def make_sink(self) -> ProjectionSink:
+        settings = get_settings()
+        return RedisSink(settings.redis_url, RedisLayout(f"test-{uuid.uuid4().hex[:8]}"), settings.partitions,
+                         building=1)
+
+    async def read(self, sink: ProjectionSink, tenant: str, key: str) -> dict[str, Any] | None:
+        assert isinstance(sink, RedisSink)
+        for partition in list(sink.unwritten):
+            await sink.flush(partition)
+        return await super().read(sink, tenant, key)
+
+
 @pytest.fixture
 def replica(tmp_path: Path) -> Iterator[str]:
     """A real Redis replica of the stack's Redis, on a port of its own."""
