@@ -32,7 +32,7 @@ from ams.settings import Settings
 from projections.feed import Feed
 from projections.projector import Projector
 from projections.redis_layout import RedisLayout
-from replay.rebuild import RebuildState, save_state
+from replay.rebuild_state import RebuildState, save_state
 
 console = Console()
 REPORT_SECONDS = 1.0

@@ -53,7 +53,7 @@ from projections.projector import Projector
 from projections.projectors import projector_for
 from projections.redis_layout import RedisLayout
 from replay.catch_up import Builder, Tracker, progress_display, started_consumer
-from replay.rebuild import RebuildState, save_state
+from replay.rebuild_state import RebuildState, recorded
 
 PROJECTION = "vectors"
 MILVUS_GRACE_SECONDS = 5.0  # > a gateway's follow interval (0.5 s) and a slow worker batch
@@ -68,19 +68,12 @@ async def rebuild_vectors(settings: Settings, *, restart: bool = False, quiet: b
     display = progress or progress_display(quiet=quiet)
     state = RebuildState(PROJECTION, generation=0)
     try:
-        await save_state(redis, layout, state)
-        with display if progress is None else contextlib.nullcontext():  # `all` shows its own
-            tracker = Tracker(state, redis, layout, display)
-            try:
+        async with recorded(redis, layout, state):
+            with display if progress is None else contextlib.nullcontext():  # `all` shows its own
+                tracker = Tracker(state, redis, layout, display)
                 await _rebuild_faiss(settings, tracker, restart)
                 await _rebuild_milvus(settings, tracker, restart)
-                state.state, state.finished = "done", time.time()
                 tracker.describe(f"done: FAISS and Milvus generation {state.generation} are live")
-            except BaseException as error:
-                state.state, state.error, state.finished = "failed", repr(error), time.time()
-                raise
-            finally:
-                await tracker.save()
         return state
     finally:
         await redis.aclose()

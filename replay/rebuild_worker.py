@@ -1,6 +1,6 @@
 """One rebuild worker: a process that folds a set of partitions into the new generation and switches them.
 
-`replay.rebuild` starts one per CPU (each with its own Kafka consumer and Redis connection, so decoding
+`replay.rebuild_redis` starts one per CPU (each with its own Kafka consumer and Redis connection, so decoding
 and folding run in parallel) and shows their combined progress. A worker uses the same `Projector` and
 `RedisSink` as the live worker, with two differences that make it fast:
 

@@ -21,7 +21,7 @@ from projections.postgres import PostgresSink
 from projections.projector import Projector
 from projections.redis_layout import RedisLayout
 from replay.catch_up import Builder, Tracker, progress_display, started_consumer
-from replay.rebuild import RebuildState, read_state
+from replay.rebuild_state import RebuildState, read_state
 
 SKIPPED_TABLES = ("schema_migrations",)  # when each migration ran: not a projection of the log
 

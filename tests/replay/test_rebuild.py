@@ -12,7 +12,8 @@ from ams.settings import Settings
 from projections.feed import Window
 from projections.redis_kv import RedisSink
 from projections.redis_layout import RedisLayout
-from replay.rebuild import read_state, rebuild_redis
+from replay.rebuild_redis import rebuild_redis
+from replay.rebuild_state import read_state
 from tests.replay.digests import end_offsets, kill_rebuild_midway
 from tests.support import fold_log_for, redis_records
 

@@ -21,7 +21,7 @@ from projections.milvus_store import LIVE_ALIAS, MilvusStore, checkpoints_name
 from projections.redis_layout import RedisLayout
 from projections.worker import web_port
 from replay.catch_up import Builder, Tracker, progress_display, started_consumer
-from replay.rebuild import RebuildState
+from replay.rebuild_state import RebuildState
 from replay.rebuild_vectors import milvus_projector, rebuild_vectors
 from tests.conftest import token_for
 from tests.replay.digests import kill_rebuild_midway
