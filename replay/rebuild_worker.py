@@ -1,13 +1,14 @@
 """One rebuild worker: a process that folds a set of partitions into the new generation and switches them.
 
 `replay.rebuild_redis` starts one per CPU (each with its own Kafka consumer and Redis connection, so decoding
-and folding run in parallel) and shows their combined progress. A worker uses the same `Projector` and
-`RedisSink` as the live worker, with two differences that make it fast:
+and folding run in parallel) and shows their combined progress. A worker uses the same `Projector` as the
+live worker, driven by the same `Feed` (to the head, in windows), and the generation builder that shares the
+live `RedisSink`'s batch writer, with two differences that make it fast:
 
-- Its sink folds events in memory and writes only when many records are waiting or the partition is
-  caught up (`RedisSink.flush`), so a key updated many times in between is written once (the new
-  generation is read by nobody until it is switched).
-- The sink knows the generation starts empty, so it never reads a record back from Redis.
+- It folds events in memory and writes only when many records are waiting or the partition is caught up
+  (`GenerationBuilder.flush`), so a key updated many times in between is written once (the new generation
+  is read by nobody until it is switched).
+- It knows the generation starts empty, so it never reads a record back from Redis.
 
 A worker whose coordinator died stops at once, so a killed rebuild never keeps writing behind an operator.
 """
@@ -23,29 +24,31 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from redis.commands.core import AsyncScript
 
 from ams import kafka_clients
 from ams.namespaces import live
 from ams.settings import Settings
 from projections.feed import Feed, Window
 from projections.projectors import projector_for
-from projections.redis_kv import RedisSink
+from projections.redis_kv import GenerationBuilder
 from projections.redis_layout import RedisLayout
 
 REPORT_SECONDS = 0.25
 
-# KEYS: the partition's pointer. ARGV: new generation, prefix, partition.
+# KEYS: the partition's pointer, the live generation's checkpoint, the new generation's checkpoint and its
+# "live" mark. ARGV: the new generation, the live generation the keys were named for. Returns 1 when the new
+# generation is live (now or already), 0 when the live one is ahead of it, -1 when the pointer moved since
+# the keys were named (name them again).
 SWITCH = """
 local live = tonumber(redis.call('GET', KEYS[1]) or '0')
 local new = tonumber(ARGV[1])
 if live >= new then return 1 end
-local function checkpoint(generation)
-  return tonumber(redis.call('GET', ARGV[2] .. ':g' .. generation .. ':{p' .. ARGV[3] .. '}:ckpt') or '-1')
-end
-if checkpoint(new) >= checkpoint(live) then
+if live ~= tonumber(ARGV[2]) then return -1 end
+if tonumber(redis.call('GET', KEYS[3]) or '-1') >= tonumber(redis.call('GET', KEYS[2]) or '-1') then
   redis.call('SET', KEYS[1], ARGV[1])
   -- the new generation holds every event the live one did: readers may trust it (see redis_recovery.py)
-  redis.call('SET', ARGV[2] .. ':g' .. new .. ':{p' .. ARGV[3] .. '}:live', 1)
+  redis.call('SET', KEYS[4], 1)
   return 1
 end
 return 0
@@ -89,7 +92,7 @@ async def build(settings: Settings, generation: int, partitions: list[int], prog
                 report: Report, window: Window, *, parent: int | None = None) -> None:
     """Fold ``partitions`` from their checkpoints in ``generation`` to the log's head and switch each one."""
     layout = RedisLayout(settings.redis_prefix)
-    sink = RedisSink(settings.redis_url, layout, settings.partitions, building=generation)
+    sink = GenerationBuilder(settings.redis_url, layout, settings.partitions, generation)
     projector = projector_for(sink, settings, live(settings), label="redis rebuild")
     client = aioredis.from_url(settings.redis_url)
     switch = client.register_script(SWITCH)
@@ -119,7 +122,7 @@ async def build(settings: Settings, generation: int, partitions: list[int], prog
             # one is not ahead of; the others go on to the head that has moved meanwhile.
             await asyncio.gather(*(sink.flush(partition) for partition in remaining))
             for partition in sorted(remaining):
-                if await switch(keys=[layout.pointer(partition)], args=[generation, layout.prefix, partition]):
+                if await _switched(client, switch, layout, partition, generation):
                     remaining.discard(partition)
                     progress.switched.append(partition)
             await told(0, 0)
@@ -130,3 +133,15 @@ async def build(settings: Settings, generation: int, partitions: list[int], prog
         await projector.dead_letters.close()
         await sink.close()
         await client.aclose()
+
+
+async def _switched(client: aioredis.Redis, switch: AsyncScript, layout: RedisLayout, partition: int,
+                    generation: int) -> bool:
+    """Switch ``partition`` to ``generation`` if it has caught up with the live one (SWITCH); whether it is live."""
+    while True:
+        live = int(await client.get(layout.pointer(partition)) or 0)
+        keys = [layout.pointer(partition), layout.at(live).checkpoint(partition),
+                layout.at(generation).checkpoint(partition), layout.at(generation).live(partition)]
+        result = int(await switch(keys=keys, args=[generation, live]))
+        if result >= 0:
+            return result == 1
