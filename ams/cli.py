@@ -119,9 +119,15 @@ def cmd_log_import(args: argparse.Namespace) -> None:
 def cmd_rebuild(args: argparse.Namespace) -> None:
     import asyncio
 
+    from replay.rebuild_lock import RebuildRunning
     from replay.rebuilds import rebuild
 
-    for state in asyncio.run(rebuild(get_settings(), args.projection, restart=args.restart, workers=args.workers)):
+    try:
+        states = asyncio.run(rebuild(get_settings(), args.projection, restart=args.restart, workers=args.workers,
+                                     lock_token=args.lock_token))
+    except RebuildRunning as error:
+        raise SystemExit(str(error)) from None
+    for state in states:
         console.print(f"{state.projection}: generation {state.generation} is live ({state.applied} events replayed, "
                       f"{state.events_per_second:,.0f} events/s)")
 
@@ -201,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument("--restart", action="store_true", help="discard an unfinished rebuild and start over")
     rebuild.add_argument("--workers", type=int, default=None,
                          help="worker processes sharing the partitions (default: one per CPU)")
+    # The admin endpoint's: the locks it took for the process it starts (`replay.rebuild_lock`).
+    rebuild.add_argument("--lock-token", default=None, help=argparse.SUPPRESS)
     rebuild.set_defaults(func=cmd_rebuild)
 
     sandbox = sub.add_parser("sandbox", help="fork the log into a sandbox; list, diff and drop sandboxes")

@@ -26,7 +26,8 @@ from bench.common import console, progress
 from commands.envelope import DELETE, PATCH, PUT, Event, encode, uuid7
 from commands.keys import kafka_key
 from projections.redis_layout import RedisLayout
-from replay.rebuild import GRACE_SECONDS, drop_generation, rebuild_redis
+from replay.rebuild_redis import drop_generation, rebuild_redis
+from replay.rebuild_state import GRACE_SECONDS
 
 
 async def produce(settings: Settings, events: int, keys: int) -> None:

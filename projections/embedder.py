@@ -1,12 +1,13 @@
 """`ams project embedder`: the stream processor from ``memory.events`` to ``memory.embeddings``.
 
-It folds the log with `commands.fold` exactly like the hot projection (it *is* the Redis sink, under
-its own prefix), so it knows each key's current value: patches, lost conditional writes, TTLs and
-deletes come out as every other projection sees them. For each batch it emits, per touched key, the
-key's final vector state (an upsert, or a delete if the key had a vector and no longer has one), then a
-``mark`` with the batch's last offset, and only then commits its records and checkpoint in one Redis
-script. A crash between the two re-emits the same operations with the same (key, version): the views
-apply an operation only when its version is newer, so the repeat is harmless (exactly-once effects).
+It folds the log with `commands.fold` exactly like the hot projection (it keeps a `RedisSink` under its
+own prefix), so it knows each key's current value: patches, lost conditional writes, TTLs and deletes
+come out as every other projection sees them. The sink's effect callback gets each batch's effect: per
+touched key, the key's final vector state (an upsert, or a delete if the key had a vector and no longer
+has one) is emitted, then a ``mark`` with the batch's last offset, and only then does the sink commit its
+records and checkpoint in one Redis script. A crash between the two re-emits the same operations with the
+same (key, version): the views apply an operation only when its version is newer, so the repeat is
+harmless (exactly-once effects).
 
 A tenant's dimension is configured, or fixed by the first vector indexed for it (HSETNX: the first
 writer wins, across workers and partitions). A vector of another dimension is not indexed (the command
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,12 +32,13 @@ from redis.exceptions import RedisError
 from ams import kafka_clients
 from ams.namespaces import Namespace, live
 from ams.settings import Settings
-from commands.fold import Record
+from commands.fold import Outcome, Record
 from commands.keys import kafka_key, partition_for
 from commands.vectors import DimensionUnavailable, InvalidVector, VectorSpec, extract_vector, spec_for, tenant_specs
 from projections.embeddings import DELETE, MARK, UPSERT, EmbeddingOp, encode_op
 from projections.redis_kv import Address, RedisSink
 from projections.redis_layout import RedisLayout
+from projections.sink import Positioned, ProjectionSink
 from projections.text_embedder import TextEmbedder, TextEmbedderUnavailable, text_embedder
 
 log = logging.getLogger("ams.embedder")
@@ -99,7 +101,11 @@ class TenantDimensions:
         return result
 
 
-class EmbedderSink(RedisSink):
+class EmbedderSink(ProjectionSink):
+    """The records vectors are derived from, kept as the hot projection keeps them (a `RedisSink` in a Redis
+    namespace of the embedder's own), with each batch's effect on them emitted as embedding operations before
+    the batch commits (the sink's effect callback)."""
+
     name = "embedder"
     transient_errors = (*RedisSink.transient_errors, KafkaError)
 
@@ -107,7 +113,9 @@ class EmbedderSink(RedisSink):
         """``namespace``: live memory (default), or a sandbox, whose embedder keeps its state under the
         sandbox's prefix and emits into the sandbox's own embeddings stream, never the live one."""
         self.namespace = namespace or live(settings)
-        super().__init__(settings.redis_url, RedisLayout(self.namespace.embedder_prefix), settings.partitions)
+        self.state = RedisSink(settings.redis_url, RedisLayout(self.namespace.embedder_prefix), settings.partitions,
+                               effect=self._emit_effect)
+        self.client, self.layout, self.partitions = self.state.client, self.state.layout, self.state.partitions
         self.settings = settings
         self.dimensions = TenantDimensions(self.client, settings, self.namespace)
         self._producer: AIOKafkaProducer | None = None
@@ -122,11 +130,24 @@ class EmbedderSink(RedisSink):
     async def close(self) -> None:
         if self._producer is not None:
             await kafka_clients.stop(self._producer)
-        await super().close()
+        await self.state.close()
 
-    async def before_commit(
+    async def drop(self) -> int:
+        return await self.state.drop()
+
+    async def checkpoints(self) -> dict[int, int]:
+        return await self.state.checkpoints()
+
+    async def apply(
+        self, partition: int, events: Sequence[Positioned], through: int, expected: int
+    ) -> list[Outcome | None]:
+        return await self.state.apply(partition, events, through, expected)
+
+    async def _emit_effect(
         self, partition: int, through: int, before: Mapping[Address, Record | None], after: Mapping[Address, Record]
     ) -> None:
+        """Emit the batch's effect before it commits: harmless to repeat (the views keep the newest version),
+        since a failed commit makes the batch run again."""
         ops = await self.operations(before, after)
         ops.append(EmbeddingOp(MARK, partition=partition, through=through))
         await self._emit(ops, partition)

@@ -15,18 +15,15 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from commands.envelope import MalformedEvent, decode
 from commands.log import record_key
 from projections import metrics
 from projections.dead_letters import DEAD_LETTER_TRANSIENT, DeadLetter, DeadLetters
 from projections.sink import NO_CHECKPOINT, CheckpointMoved, Positioned, ProjectionSink, RecoverableSink
-
-if TYPE_CHECKING:
-    from projections.log_reader import PartitionReader
 
 log = logging.getLogger("ams.projector")
 PROGRESS_SECONDS = 5.0  # how often a long catch-up says how far it got
@@ -55,6 +52,15 @@ class LogRecord(Protocol):
     def timestamp(self) -> int: ...  # milliseconds
     @property
     def key(self) -> bytes | None: ...
+
+
+class LogReader(Protocol):
+    """Reads a stretch of one partition outside the worker's consumer (`projections.log_reader.PartitionReader`)."""
+
+    def read(self, partition: int, start: int, end: int | None = None) -> AsyncIterator[Sequence[LogRecord]]:
+        """Committed records of ``partition`` from ``start`` up to ``end`` (exclusive; None: the end it had
+        when called), in batches."""
+        ...
 
 
 class RawRecord(NamedTuple):
@@ -92,7 +98,7 @@ class Projector:
     sink: ProjectionSink
     dead_letters: DeadLetters
     default_tenant: str
-    reader: PartitionReader | None = None  # how a recovering sink catches up with the log
+    reader: LogReader | None = None  # how a recovering sink catches up with the log
     # How logs and metrics name this projection: the sink's name, plus the sandbox it projects, if any.
     label: str = ""
     checkpoints: dict[int, int] = field(default_factory=dict)

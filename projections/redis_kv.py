@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -238,25 +238,37 @@ class GenerationRetired(RuntimeError):
     """A rebuild's generation was overtaken by a newer live generation; the rebuild must stop."""
 
 
-class RedisSink(ProjectionSink):
-    """The hot projection's writer. Live (``building=None``) it writes each partition's live generation and
-    follows the pointer when a rebuild moves it; a rebuild builds generation ``building`` beside it."""
+# A batch's effect on keys, handed to a live writer's effect callback before the batch commits: the partition,
+# the checkpoint it moves to, and each touched key's record before and after it (streams carry no effect).
+Effect = Callable[[int, int, Mapping[Address, "Record | None"], Mapping[Address, Record]], Awaitable[None]]
+
+
+@dataclass
+class Folded:
+    """A batch folded over the records it touches: what the script writes, and each event's outcome."""
+
+    outcomes: list[Outcome | None]
+    before: dict[Address, Record | None]  # each touched key's record before the batch, when asked for
+    touched: dict[Address, Record] = field(default_factory=dict)
+    rejected: list[tuple[int, Outcome]] = field(default_factory=list)
+    forgotten: list[tuple[Address, Remembered]] = field(default_factory=list)
+
+
+class RedisBatchWriter(ProjectionSink):
+    """What the live writer (`RedisSink`) and a rebuild's generation builder (`GenerationBuilder`) share: a
+    batch's records read (one pipeline, what the cache lacks), folded, and written with the checkpoint in
+    one script (APPLY_BATCH)."""
 
     name = "redis"
     transient_errors = (*TRANSIENT, RedisConnectionError, RedisTimeoutError, BusyLoadingError)
 
-    def __init__(self, redis_url: str, layout: RedisLayout, partitions: int, *, building: int | None = None,
-                 wait_replicas: int = 0, wait_timeout_ms: int = 1000) -> None:
+    def __init__(self, redis_url: str, layout: RedisLayout, partitions: int, generation: int) -> None:
         self.client = aioredis.from_url(redis_url)
         self.layout = layout
         self.partitions = partitions
-        self.building = building
-        self.generations: dict[int, int] = {partition: building or 0 for partition in range(partitions)}
-        self.wait_replicas, self.wait_timeout_ms = wait_replicas, wait_timeout_ms
+        self.generations: dict[int, int] = dict.fromkeys(range(partitions), generation)
         self.cache = RecordCache()
-        self.unwritten: dict[int, Unwritten] = {}  # a rebuild's folded batches not yet written, per partition
         self._script = self.client.register_script(APPLY_BATCH)
-        self._part = self.client.register_script(APPLY_PART)
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -268,7 +280,7 @@ class RedisSink(ProjectionSink):
         return dropped
 
     async def records(self, tenant: str) -> dict[str, Record]:
-        """Every record of ``tenant`` (tombstones included) in the live generations, for diffs and checks."""
+        """Every record of ``tenant`` (tombstones included) in the generations written, for diffs and checks."""
         await self.checkpoints()  # reads the generation pointers
         found: dict[str, Record] = {}
         for partition in range(self.partitions):
@@ -279,125 +291,44 @@ class RedisSink(ProjectionSink):
                     found[name.decode()[len(prefix):]] = record
         return found
 
-    async def _unfinished(self, found: Mapping[int, int]) -> list[int]:
-        """Partitions whose last batch wrote some of its parts but not the last one (the checkpoint)."""
-        markers = await self.client.mget([self.layout_of(p).unfinished(p) for p in range(self.partitions)])
-        return [partition for partition, marker in enumerate(markers)
-                if marker is not None and int(marker) == found.get(partition, NO_CHECKPOINT)]
-
     def layout_of(self, partition: int) -> RedisLayout:
         return self.layout.at(self.generations[partition])
 
-    async def refresh_generations(self) -> None:
-        """Follow the generation pointers (a live writer), unless this sink builds a generation of its own."""
-        if self.building is None:
-            pointers = await self.client.mget([self.layout.pointer(p) for p in range(self.partitions)])
-            self.generations = {p: int(value or 0) for p, value in enumerate(pointers)}
-
     async def checkpoints(self) -> dict[int, int]:
         self.cache.clear()  # whoever asks is about to resume from what the store says, not from this cache
-        await self.refresh_generations()
         values = await self.client.mget([self.layout_of(p).checkpoint(p) for p in range(self.partitions)])
-        found = {partition: int(value) for partition, value in enumerate(values) if value is not None}
-        if self.building is not None:
-            for partition in await self._unfinished(found):
-                log.warning("redis rebuild: partition %d of generation %d was interrupted in the middle of a "
-                            "batch; building it again from offset 0", partition, self.building)
-                async for name in self.client.scan_iter(match=self.layout_of(partition).partition_prefix(partition)
-                                                        + "*", count=1000):
-                    await self.client.unlink(name)
-                found.pop(partition, None)
-                self.unwritten.pop(partition, None)
-        # What this sink folded and holds in memory counts: it is written before anything reads it.
-        found.update((partition, unwritten.through) for partition, unwritten in self.unwritten.items())
-        # A rebuild starting an empty generation: nothing is there that this sink will not have written.
-        self.cache.complete = self.building is not None and not found
-        return found
+        return {partition: int(value) for partition, value in enumerate(values) if value is not None}
 
-    async def apply(
-        self, partition: int, events: Sequence[Positioned], through: int, expected: int
-    ) -> list[Outcome | None]:
+    async def fold(self, partition: int, events: Sequence[Positioned], *, keep_before: bool = False) -> Folded:
+        """Fold ``events`` over the records they touch (as Redis, or what this writer knows newer, holds them);
+        ``keep_before``: keep each touched key's record as it was before the batch (a copy: only when asked)."""
         addresses = [self._address(partition, item) for item in events]
         records, index = await self._read_records(events, addresses)
-        before = dict(records) if self._carries_effects else records
-        outcomes: list[Outcome | None] = []
-        rejected: list[tuple[int, Outcome]] = []
-        touched: dict[Address, Record] = {}
-        forgotten: list[tuple[Address, Remembered]] = []
+        folded = Folded([], dict(records) if keep_before else {})
         for item, address in zip(events, addresses, strict=True):
             command_id = item.event.command_id
             known = index.get(address) if index and command_id is not None else None
             outcome = apply(records.get(address), item.event, item.offset,
                             known.get(command_id) if known else None)
-            outcomes.append(outcome)
+            folded.outcomes.append(outcome)
             if outcome.accepted and outcome.record is not None:
-                records[address] = touched[address] = outcome.record
+                records[address] = folded.touched[address] = outcome.record
                 if outcome.forgotten is not None:
                     remember(index.setdefault(address, {}), outcome)
-                    forgotten.append((address, outcome.forgotten))
+                    folded.forgotten.append((address, outcome.forgotten))
             else:
-                rejected.append((item.offset, outcome))
-        if self.building is not None:
-            await self._defer(partition, through, expected, touched, rejected, forgotten)
-            return outcomes
-        if self._carries_effects:  # the effect on keys: streams carry none
-            keys_touched = {address: record for address, record in touched.items() if not _is_stream(address)}
-            await self.before_commit(partition, through, before, keys_touched)
-        await self._write(partition, through, expected, touched, rejected, forgotten)
-        return outcomes
+                folded.rejected.append((item.offset, outcome))
+        return folded
 
-    async def _defer(
-        self, partition: int, through: int, expected: int, touched: dict[Address, Record],
-        rejected: list[tuple[int, Outcome]], forgotten: list[tuple[Address, Remembered]],
-    ) -> None:
-        """A rebuild keeps what it folded in memory and writes it in one go once ``UNWRITTEN_RECORDS`` records
-        have piled up, or when asked (`flush`): a key updated many times in between is written once, and
-        nobody reads the generation before it is switched in."""
-        unwritten = self.unwritten.get(partition)
-        if unwritten is None:
-            unwritten = self.unwritten[partition] = Unwritten(durable=expected, through=expected)
-        if expected != unwritten.through:
-            raise CheckpointMoved(partition, expected, unwritten.through, " (in what this rebuild has not written)")
-        unwritten.through = through
-        unwritten.records.update(touched)
-        unwritten.rejected += rejected
-        unwritten.forgotten += forgotten
-        for address, entry in forgotten:
-            unwritten.index.setdefault(address, {})[entry[0]] = entry
-        if len(unwritten.records) >= UNWRITTEN_RECORDS:
-            await self.flush(partition)
-
-    async def flush(self, partition: int) -> None:
-        """Write what a rebuild folded for ``partition`` and has not written yet, with its checkpoint."""
-        unwritten = self.unwritten.get(partition)
-        if unwritten is None:
-            return
-        if unwritten.through != unwritten.durable:  # kept until written: a failed write is tried again later
-            await self._write(partition, unwritten.through, unwritten.durable, unwritten.records, unwritten.rejected,
-                              unwritten.forgotten)
-        del self.unwritten[partition]
-
-    async def _write(
-        self, partition: int, through: int, expected: int, touched: dict[Address, Record],
-        rejected: list[tuple[int, Outcome]], forgotten: list[tuple[Address, Remembered]],
-    ) -> None:
+    async def _write(self, partition: int, through: int, expected: int, folded: Folded, announced: bytes) -> None:
+        """Write ``folded`` and move the checkpoint from ``expected`` to ``through``, announcing ``announced``
+        (the lines naming the keys changed), in one script; CheckpointMoved if the checkpoint is not
+        ``expected``."""
         layout = self.layout_of(partition)
         keys = [layout.checkpoint(partition), layout.pointer(partition), layout.unfinished(partition)]
         args: list[str | int] = [expected, through, layout.applied_channel, partition, layout.generation]
-        unwritten = list(touched.items())
         try:
-            if self.building is not None:
-                parts = []  # sent as they are encoded: while Redis writes one, this process encodes the next
-                while len(unwritten) > PART_RECORDS:
-                    part, unwritten = dict(unwritten[:PART_RECORDS]), unwritten[PART_RECORDS:]
-                    operations = self._operations(partition, part, [], [])
-                    parts.append(asyncio.ensure_future(self._part(keys=keys, args=[*args, *operations])))
-                    await asyncio.sleep(0)  # let it go out
-                for failed in await asyncio.gather(*parts, return_exceptions=True):
-                    if isinstance(failed, BaseException):
-                        raise failed
-            operations = self._operations(partition, dict(unwritten), rejected, forgotten)
-            await self._script(keys=keys[:2], args=[*args, *operations, self._announced_keys(touched)])
+            await self._send(partition, keys, args, folded, announced)
         except BaseException as error:
             self.cache.clear()  # the script may or may not have run: Redis is the truth again
             if not isinstance(error, ResponseError):
@@ -406,44 +337,18 @@ class RedisSink(ProjectionSink):
             if message.startswith("CHECKPOINT "):
                 raise CheckpointMoved(partition, expected, int(message.split()[1])) from None
             if message.startswith("GENERATION "):
-                live = int(message.split()[1])
-                if self.building is not None:
-                    raise GenerationRetired(f"generation {live} went live while building {self.building}") from None
-                self.generations[partition] = live
-                found = await self.client.get(self.layout_of(partition).checkpoint(partition))
-                why = f" (a rebuild moved it to generation {live})"
-                raise CheckpointMoved(partition, expected, int(found) if found is not None else -1, why) from None
+                await self._overtaken(partition, expected, int(message.split()[1]))
             raise
-        self.cache.put_many(touched.items())
-        if self.wait_replicas:
-            await self._wait_for_replicas(partition, through)
+        self.cache.put_many(folded.touched.items())
 
-    def _announced_keys(self, touched: Mapping[Address, Record]) -> bytes:
-        """The keys a live batch changed, for the gateways' caches; a rebuild's generation has no readers yet."""
-        if self.building is not None:
-            return b""
-        return Announcement.key_lines([address[1:] for address in touched if not _is_stream(address)])
+    async def _send(self, partition: int, keys: list[str], args: list[str | int], folded: Folded,
+                    announced: bytes) -> None:
+        operations = self._operations(partition, folded.touched, folded.rejected, folded.forgotten)
+        await self._script(keys=keys[:2], args=[*args, *operations, announced])
 
-    async def _wait_for_replicas(self, partition: int, through: int) -> None:
-        acknowledged = await self.client.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
-        if acknowledged < self.wait_replicas:
-            log.warning("partition %d through offset %d: %d of %d Redis replicas acknowledged within %d ms; "
-                        "a failover now could lose this batch from the hot state until it is replayed",
-                        partition, through, acknowledged, self.wait_replicas, self.wait_timeout_ms)
-
-    @property
-    def _carries_effects(self) -> bool:
-        """Whether a subclass overrides `before_commit` (so it needs each record as it was before)."""
-        return type(self).before_commit is not RedisSink.before_commit
-
-    async def before_commit(
-        self, partition: int, through: int, before: Mapping[Address, Record | None], after: Mapping[Address, Record]
-    ) -> None:
-        """Called with a batch's effect (each touched key's record before and after it) before it commits.
-
-        A sink that carries the effect further (the embedder) overrides it; what it does there must be
-        harmless to repeat, since a failed commit makes the batch run again.
-        """
+    async def _overtaken(self, partition: int, expected: int, live: int) -> None:
+        """The partition's pointer names a newer generation than this writer's: raise what the caller does."""
+        raise NotImplementedError
 
     def _address(self, partition: int, item: Positioned) -> Address:
         """The partition a key routes to is where readers look, whichever partition the event came in
@@ -461,13 +366,21 @@ class RedisSink(ProjectionSink):
             return self.layout_of(home).stream(home, tenant, key[len(STREAM_MARK):])
         return self.layout_of(home).record(home, tenant, key)
 
+    def _known(self, address: Address) -> tuple[bool, Record | None]:
+        """What this writer knows of the record at ``address`` without asking Redis: (known, record)."""
+        return self.cache.get(address)
+
+    def _known_commands(self, address: Address) -> dict[str, Remembered]:
+        """Command ids of the key that this writer knows were forgotten and Redis may not hold yet."""
+        return {}
+
     async def _read_records(
         self, events: Sequence[Positioned], addresses: Sequence[Address]
     ) -> tuple[dict[Address, Record | None], dict[Address, dict[str, Remembered]]]:
         """The records the events (at ``addresses``) touch, and what their command indexes hold of the events'
         command ids.
 
-        One pipeline: the records not in the cache, and the index lookups of keys that may need them
+        One pipeline: the records not known already, and the index lookups of keys that may need them
         (`consults_index`; a record not yet read is looked up at once rather than after a second trip)."""
         ids_of: dict[Address, list[str]] = {}  # the command ids of the events that carry one
         for item, address in zip(events, addresses, strict=True):
@@ -478,11 +391,8 @@ class RedisSink(ProjectionSink):
         lookups: dict[Address, list[str]] = {}
         for address in dict.fromkeys(addresses):
             ids = ids_of.get(address) if ids_of else None
-            # What a rebuild folded and has not written is newer than anything cached (`_defer`).
-            cached, record = self._unwritten_record(address) if self.unwritten else (False, None)
-            if not cached:
-                cached, record = self.cache.get(address)
-            if cached:
+            known, record = self._known(address)
+            if known:
                 records[address] = record
                 if consults_index(record) and ids:
                     lookups[address] = ids
@@ -502,17 +412,11 @@ class RedisSink(ProjectionSink):
             for address, ids in lookups.items():
                 index[address] = {command_id: decode_remembered(command_id, raw)
                                   for command_id, raw in zip(ids, next(results), strict=True) if raw is not None}
-        for unwritten in self.unwritten.values():  # command ids forgotten in what a rebuild has not written
-            for address in lookups.keys() & unwritten.index.keys():
-                index.setdefault(address, {}).update(unwritten.index[address])
+        for address in lookups:
+            newer = self._known_commands(address)
+            if newer:
+                index.setdefault(address, {}).update(newer)
         return records, index
-
-    def _unwritten_record(self, address: Address) -> tuple[bool, Record | None]:
-        for unwritten in self.unwritten.values():
-            record = unwritten.records.get(address)
-            if record is not None:
-                return True, record
-        return False, None
 
     def _operations(
         self, partition: int, touched: dict[Address, Record], rejected: list[tuple[int, Outcome]],
@@ -536,6 +440,159 @@ class RedisSink(ProjectionSink):
                     for (home, tenant, key), entry in forgotten]
         changes = [[name, op, *keys] for (name, op), keys in index.items()]
         return orjson.dumps(records), orjson.dumps(changes), orjson.dumps(outcomes), orjson.dumps(commands)
+
+
+class RedisSink(RedisBatchWriter):
+    """The hot projection's live writer: it writes each partition's live generation, follows the pointer when
+    a rebuild moves it, and announces each batch with the keys it changed. ``effect``: called with each
+    batch's effect on keys before it commits (the embedder carries it to the vector views); what it does
+    must be harmless to repeat, since a failed commit makes the batch run again."""
+
+    def __init__(self, redis_url: str, layout: RedisLayout, partitions: int, *, effect: Effect | None = None,
+                 wait_replicas: int = 0, wait_timeout_ms: int = 1000) -> None:
+        super().__init__(redis_url, layout, partitions, generation=0)
+        self.effect = effect
+        self.wait_replicas, self.wait_timeout_ms = wait_replicas, wait_timeout_ms
+
+    async def refresh_generations(self) -> None:
+        """Follow the generation pointers (a rebuild may have moved them)."""
+        pointers = await self.client.mget([self.layout.pointer(p) for p in range(self.partitions)])
+        self.generations = {p: int(value or 0) for p, value in enumerate(pointers)}
+
+    async def checkpoints(self) -> dict[int, int]:
+        await self.refresh_generations()
+        return await super().checkpoints()
+
+    async def apply(
+        self, partition: int, events: Sequence[Positioned], through: int, expected: int
+    ) -> list[Outcome | None]:
+        folded = await self.fold(partition, events, keep_before=self.effect is not None)
+        keys = [address for address in folded.touched if not _is_stream(address)]
+        if self.effect is not None:
+            await self.effect(partition, through, folded.before,
+                              {address: folded.touched[address] for address in keys})
+        await self._write(partition, through, expected, folded,
+                          Announcement.key_lines([address[1:] for address in keys]))
+        if self.wait_replicas:
+            await self._wait_for_replicas(partition, through)
+        return folded.outcomes
+
+    async def _overtaken(self, partition: int, expected: int, live: int) -> None:
+        self.generations[partition] = live
+        found = await self.client.get(self.layout_of(partition).checkpoint(partition))
+        why = f" (a rebuild moved it to generation {live})"
+        raise CheckpointMoved(partition, expected, int(found) if found is not None else -1, why)
+
+    async def _wait_for_replicas(self, partition: int, through: int) -> None:
+        acknowledged = await self.client.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+        if acknowledged < self.wait_replicas:
+            log.warning("partition %d through offset %d: %d of %d Redis replicas acknowledged within %d ms; "
+                        "a failover now could lose this batch from the hot state until it is replayed",
+                        partition, through, acknowledged, self.wait_replicas, self.wait_timeout_ms)
+
+
+class GenerationBuilder(RedisBatchWriter):
+    """A rebuild's writer of generation ``generation``, which nobody reads until it is switched in.
+
+    It folds batches in memory and writes what it folded once ``UNWRITTEN_RECORDS`` records have piled up, or
+    when asked (`flush`): a key updated many times in between is written once. A batch too big for one
+    script is written in parts (APPLY_PART), the checkpoint last. Starting an empty generation, it knows
+    every record there is, so it never reads one back."""
+
+    def __init__(self, redis_url: str, layout: RedisLayout, partitions: int, generation: int) -> None:
+        super().__init__(redis_url, layout, partitions, generation)
+        self.generation = generation
+        self.unwritten: dict[int, Unwritten] = {}  # folded batches not yet written, per partition
+        self.written: dict[int, int] = {}  # the checkpoints in Redis, as last read or written
+        self._part = self.client.register_script(APPLY_PART)
+
+    async def checkpoints(self) -> dict[int, int]:
+        found = await super().checkpoints()
+        for partition in await self._unfinished(found):
+            log.warning("redis rebuild: partition %d of generation %d was interrupted in the middle of a batch; "
+                        "building it again from offset 0", partition, self.generation)
+            async for name in self.client.scan_iter(match=self.layout_of(partition).partition_prefix(partition)
+                                                    + "*", count=1000):
+                await self.client.unlink(name)
+            found.pop(partition, None)
+            self.unwritten.pop(partition, None)
+        self.written = dict(found)
+        # What this sink folded and holds in memory counts: it is written before anything reads it.
+        found.update((partition, unwritten.through) for partition, unwritten in self.unwritten.items())
+        # An empty generation: nothing is there that this sink will not have written.
+        self.cache.complete = not found
+        return found
+
+    async def _unfinished(self, found: Mapping[int, int]) -> list[int]:
+        """Partitions whose last batch wrote some of its parts but not the last one (the checkpoint)."""
+        markers = await self.client.mget([self.layout_of(p).unfinished(p) for p in range(self.partitions)])
+        return [partition for partition, marker in enumerate(markers)
+                if marker is not None and int(marker) == found.get(partition, NO_CHECKPOINT)]
+
+    async def apply(
+        self, partition: int, events: Sequence[Positioned], through: int, expected: int
+    ) -> list[Outcome | None]:
+        unwritten = self.unwritten.get(partition)
+        if unwritten is None:
+            durable = self.written.get(partition, expected)
+            unwritten = self.unwritten[partition] = Unwritten(durable=durable, through=durable)
+        if expected != unwritten.through:
+            raise CheckpointMoved(partition, expected, unwritten.through, " (in what this rebuild has not written)")
+        folded = await self.fold(partition, events)
+        unwritten.through = through
+        unwritten.records.update(folded.touched)
+        unwritten.rejected += folded.rejected
+        unwritten.forgotten += folded.forgotten
+        for address, entry in folded.forgotten:
+            unwritten.index.setdefault(address, {})[entry[0]] = entry
+        if len(unwritten.records) >= UNWRITTEN_RECORDS:
+            await self.flush(partition)
+        return folded.outcomes
+
+    async def flush(self, partition: int) -> None:
+        """Write what was folded for ``partition`` and not written yet, with its checkpoint."""
+        unwritten = self.unwritten.get(partition)
+        if unwritten is None:
+            return
+        if unwritten.through != unwritten.durable:  # kept until written: a failed write is tried again later
+            folded = Folded([], {}, unwritten.records, unwritten.rejected, unwritten.forgotten)
+            await self._write(partition, unwritten.through, unwritten.durable, folded, b"")
+        self.written[partition] = unwritten.through
+        del self.unwritten[partition]
+
+    async def _send(self, partition: int, keys: list[str], args: list[str | int], folded: Folded,
+                    announced: bytes) -> None:
+        """The parts first, sent as they are encoded (while Redis writes one, this process encodes the next),
+        then the last part with the checkpoint."""
+        unwritten = list(folded.touched.items())
+        parts = []
+        while len(unwritten) > PART_RECORDS:
+            part, unwritten = dict(unwritten[:PART_RECORDS]), unwritten[PART_RECORDS:]
+            operations = self._operations(partition, part, [], [])
+            parts.append(asyncio.ensure_future(self._part(keys=keys, args=[*args, *operations])))
+            await asyncio.sleep(0)  # let it go out
+        for failed in await asyncio.gather(*parts, return_exceptions=True):
+            if isinstance(failed, BaseException):
+                raise failed
+        last = Folded([], {}, dict(unwritten), folded.rejected, folded.forgotten)
+        await super()._send(partition, keys, args, last, announced)
+
+    async def _overtaken(self, partition: int, expected: int, live: int) -> None:
+        raise GenerationRetired(f"generation {live} went live while building {self.generation}")
+
+    def _known(self, address: Address) -> tuple[bool, Record | None]:
+        """What was folded and not written yet is newer than anything cached."""
+        for unwritten in self.unwritten.values():
+            record = unwritten.records.get(address)
+            if record is not None:
+                return True, record
+        return self.cache.get(address)
+
+    def _known_commands(self, address: Address) -> dict[str, Remembered]:
+        found: dict[str, Remembered] = {}
+        for unwritten in self.unwritten.values():
+            found.update(unwritten.index.get(address, {}))
+        return found
 
 
 def _is_stream(address: Address) -> bool:

@@ -5,7 +5,7 @@ checkpoint live in one Redis Cluster slot and a batch with its checkpoint is one
 
 Each partition's state lives in a **generation** (``g<N>`` in the key). A per-partition pointer names the
 generation readers use; a rebuild fills generation N+1 beside the live one and moves the pointer once the
-new generation has caught up (see `replay/rebuild.py`). A namespace ``prefix`` separates the live state
+new generation has caught up (see `replay/rebuild_redis.py`). A namespace ``prefix`` separates the live state
 (``ams``) from sandboxes (``ams:sb:<name>``).
 """
 
@@ -70,6 +70,14 @@ class RedisLayout:
     def outcome(self, partition: int, offset: int) -> str:
         """The outcome of an event the fold did not accept, kept for writers waiting on it."""
         return f"{self._tag(partition)}:out:{offset}"
+
+    def rebuild_state(self, projection: str) -> str:
+        """What the last rebuild of ``projection`` reported (`replay.rebuild_state`)."""
+        return f"{self.prefix}:rebuild:{projection}"
+
+    def rebuild_lock(self, projection: str) -> str:
+        """Held while ``projection`` is being rebuilt, by whoever rebuilds it (`replay.rebuild_lock`)."""
+        return f"{self.prefix}:rebuild:{projection}:lock"
 
     def generation_pattern(self) -> str:
         """SCAN pattern of every key of this generation (to drop a retired one)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict
 
 import redis.asyncio as aioredis
@@ -19,8 +18,9 @@ from projections.redis_layout import RedisLayout
 from queries.namespaces import NotServed
 from replay import cut
 from replay.diff import AGAINST, diff_sandbox
-from replay.rebuild import RebuildState, read_state, save_state
-from replay.rebuilds import ALL, REBUILDABLE
+from replay.rebuild_lock import RebuildLock, RebuildRunning
+from replay.rebuild_state import RebuildState, read_state, save_state
+from replay.rebuilds import ALL, REBUILDABLE, rebuilt, start_process
 from replay.sandboxes import SandboxError, check_name, create_sandbox, drop_sandbox, list_sandboxes
 
 
@@ -110,22 +110,25 @@ def _projection(request: Request) -> str:
 
 
 async def start_rebuild(request: Request) -> Response:
+    """Take the projection's rebuild lock (409 if another rebuild, from any gateway or the CLI, holds it), then
+    start the rebuild as a process of its own that adopts the lock."""
     _operator(request)
     projection = _projection(request)
-    from compose.local import LocalStack
-
-    stack = LocalStack(_settings(request))
-    process = stack.process(f"rebuild-{projection}")
-    # `all` runs every rebuild: it conflicts with each of them, and each of them with it.
-    for name in (REBUILDABLE if projection == ALL else (projection, ALL)):
-        running = stack.process(f"rebuild-{name}").pid()
-        if running is not None:
-            raise ApiError(409, "rebuild_running", f"a {name} rebuild is already running (pid {running})")
+    settings = _settings(request)
     client: aioredis.Redis = request.app.state.namespaces.redis
-    layout = RedisLayout(_settings(request).redis_prefix)
-    for name in (REBUILDABLE if projection == ALL else (projection,)):
-        await save_state(client, layout, RebuildState(name, generation=-1, state="starting"))
-    process.start([sys.executable, "-m", "ams.cli", "rebuild", projection])
+    layout = RedisLayout(settings.redis_prefix)
+    lock = RebuildLock(client, layout, rebuilt(projection))
+    try:
+        await lock.acquire()
+    except RebuildRunning as error:
+        raise ApiError(409, "rebuild_running", str(error)) from None
+    try:
+        for name in rebuilt(projection):
+            await save_state(client, layout, RebuildState(name, generation=-1, state="starting"))
+        start_process(settings, projection, lock.token)
+    except BaseException:
+        await lock.release()
+        raise
     return json_response({"projection": projection, "status": f"/v1/admin/rebuilds/{projection}"}, 202)
 
 

@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ams import kafka_clients
 from ams.settings import Settings
 from commands.envelope import Event, MalformedEvent, decode
+from projections.feed import read_before
 from replay.cut import EVERYTHING, Cut, PositionNotInLog
 
 
@@ -71,23 +72,16 @@ async def read_log(settings: Settings, topic: str, selection: Selection) -> Asyn
             if last is not None:
                 ends[tp] = min(ends[tp], last + 1)
             consumer.seek(tp, starts[tp])
-        pending = {tp for tp in partitions if starts[tp] < ends[tp]}
         total = sum(max(0, ends[tp] - starts[tp]) for tp in partitions)
         with progress(f"reading {topic}", total) as bar:
             task = bar.add_task("read", total=total)
-            while pending:
-                batch = await consumer.getmany(*pending, timeout_ms=1000, max_records=5000)
-                for tp, records in batch.items():
+            async for windows in read_before(consumer, ends):
+                for records in windows.values():
                     for record in records:
-                        if record.offset >= ends[tp]:
-                            break
                         event = _decoded(record, settings)
                         if selection.keeps(record, event):
                             yield record, event
                     bar.advance(task, len(records))
-                for tp in list(pending):
-                    if await consumer.position(tp) >= ends[tp]:
-                        pending.discard(tp)
     finally:
         await kafka_clients.stop(consumer)
 

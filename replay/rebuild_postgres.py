@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -38,7 +37,7 @@ from projections.postgres_schema import BATCH_LOCK_EXCLUSIVE, BATCH_UNLOCK, chec
 from projections.projectors import projector_for
 from projections.redis_layout import RedisLayout
 from replay.catch_up import Builder, Tracker, progress_display, started_consumer
-from replay.rebuild import GRACE_SECONDS, RebuildState, save_state
+from replay.rebuild_state import GRACE_SECONDS, RebuildState, recorded
 
 PROJECTION = "postgres"
 
@@ -58,26 +57,19 @@ async def rebuild_postgres(settings: Settings, *, restart: bool = False, quiet: 
     display = progress or progress_display(quiet=quiet)
     state = RebuildState(PROJECTION, generation=0)
     try:
-        await save_state(redis, layout, state)
-        await admin.execute(f'DROP SCHEMA IF EXISTS "{retired}" CASCADE')  # a run interrupted after its swap
-        if restart:
-            await admin.execute(f'DROP SCHEMA IF EXISTS "{building}" CASCADE')
-        with display if progress is None else contextlib.nullcontext():  # `all` shows its own
-            tracker = Tracker(state, redis, layout, display)
-            try:
+        async with recorded(redis, layout, state):
+            await admin.execute(f'DROP SCHEMA IF EXISTS "{retired}" CASCADE')  # a run interrupted after its swap
+            if restart:
+                await admin.execute(f'DROP SCHEMA IF EXISTS "{building}" CASCADE')
+            with display if progress is None else contextlib.nullcontext():  # `all` shows its own
+                tracker = Tracker(state, redis, layout, display)
                 await _build_and_swap(settings, admin, tracker, live, building, retired)
                 state.state = "dropping"
                 tracker.describe("dropping the retired schema")
                 await tracker.save()
                 await asyncio.sleep(GRACE_SECONDS)
                 await admin.execute(f'DROP SCHEMA IF EXISTS "{retired}" CASCADE')
-                state.state, state.finished = "done", time.time()
                 tracker.describe("done")
-            except BaseException as error:
-                state.state, state.error, state.finished = "failed", repr(error), time.time()
-                raise
-            finally:
-                await tracker.save()
         return state
     finally:
         await admin.close()

@@ -46,13 +46,14 @@ from ams.settings import Settings
 from projections.faiss_feed import apply_batch, index_params
 from projections.faiss_files import drop_older, generation_path, newest_generation, rebuild_path
 from projections.faiss_view import FaissView
+from projections.feed import read_before
 from projections.milvus_sink import MilvusSink
 from projections.milvus_store import MilvusStore
 from projections.projector import Projector
 from projections.projectors import projector_for
 from projections.redis_layout import RedisLayout
 from replay.catch_up import Builder, Tracker, progress_display, started_consumer
-from replay.rebuild import RebuildState, save_state
+from replay.rebuild_state import RebuildState, recorded
 
 PROJECTION = "vectors"
 MILVUS_GRACE_SECONDS = 5.0  # > a gateway's follow interval (0.5 s) and a slow worker batch
@@ -67,19 +68,12 @@ async def rebuild_vectors(settings: Settings, *, restart: bool = False, quiet: b
     display = progress or progress_display(quiet=quiet)
     state = RebuildState(PROJECTION, generation=0)
     try:
-        await save_state(redis, layout, state)
-        with display if progress is None else contextlib.nullcontext():  # `all` shows its own
-            tracker = Tracker(state, redis, layout, display)
-            try:
+        async with recorded(redis, layout, state):
+            with display if progress is None else contextlib.nullcontext():  # `all` shows its own
+                tracker = Tracker(state, redis, layout, display)
                 await _rebuild_faiss(settings, tracker, restart)
                 await _rebuild_milvus(settings, tracker, restart)
-                state.state, state.finished = "done", time.time()
                 tracker.describe(f"done: FAISS and Milvus generation {state.generation} are live")
-            except BaseException as error:
-                state.state, state.error, state.finished = "failed", repr(error), time.time()
-                raise
-            finally:
-                await tracker.save()
         return state
     finally:
         await redis.aclose()
@@ -123,18 +117,17 @@ async def _faiss_to_head(settings: Settings, consumer: AIOKafkaConsumer, view: F
         else:
             await consumer.seek_to_beginning(tp)
     saved = time.monotonic()
-    while True:
+    while True:  # to the head, then to the head it has by then, until there is nothing new
         heads = await consumer.end_offsets(partitions)
-        behind = [tp for tp in partitions if await consumer.position(tp) < heads[tp]]
-        if not behind:
+        if all([await consumer.position(tp) >= heads[tp] for tp in partitions]):
             return
-        batch = await consumer.getmany(*behind, timeout_ms=200, max_records=5000)
-        await apply_batch(view, batch)
-        remaining = sum([heads[tp] - await consumer.position(tp) for tp in behind])
-        await tracker.count(sum(len(records) for records in batch.values()), remaining)
-        if time.monotonic() - saved > SAVE_SECONDS:
-            await asyncio.to_thread(view.save, rebuild_path(settings))
-            saved = time.monotonic()
+        async for windows in read_before(consumer, heads):
+            await apply_batch(view, windows)
+            remaining = sum([heads[tp] - await consumer.position(tp) for tp in partitions])
+            await tracker.count(sum(len(records) for records in windows.values()), remaining)
+            if time.monotonic() - saved > SAVE_SECONDS:
+                await asyncio.to_thread(view.save, rebuild_path(settings))
+                saved = time.monotonic()
 
 
 async def _wait_for_adoption(published: os.PathLike[str]) -> bool:

@@ -1,13 +1,14 @@
 """One rebuild worker: a process that folds a set of partitions into the new generation and switches them.
 
-`replay.rebuild` starts one per CPU (each with its own Kafka consumer and Redis connection, so decoding
-and folding run in parallel) and shows their combined progress. A worker uses the same `Projector` and
-`RedisSink` as the live worker, with two differences that make it fast:
+`replay.rebuild_redis` starts one per CPU (each with its own Kafka consumer and Redis connection, so decoding
+and folding run in parallel) and shows their combined progress. A worker uses the same `Projector` as the
+live worker, driven by the same `Feed` (to the head, in windows), and the generation builder that shares the
+live `RedisSink`'s batch writer, with two differences that make it fast:
 
-- Its sink folds events in memory and writes only when many records are waiting or the partition is
-  caught up (`RedisSink.flush`), so a key updated many times in between is written once (the new
-  generation is read by nobody until it is switched).
-- The sink knows the generation starts empty, so it never reads a record back from Redis.
+- It folds events in memory and writes only when many records are waiting or the partition is caught up
+  (`GenerationBuilder.flush`), so a key updated many times in between is written once (the new generation
+  is read by nobody until it is switched).
+- It knows the generation starts empty, so it never reads a record back from Redis.
 
 A worker whose coordinator died stops at once, so a killed rebuild never keeps writing behind an operator.
 """
@@ -23,30 +24,31 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from redis.commands.core import AsyncScript
 
 from ams import kafka_clients
 from ams.namespaces import live
 from ams.settings import Settings
-from projections.projector import LogRecord, Reseek
+from projections.feed import Feed, Window
 from projections.projectors import projector_for
-from projections.redis_kv import RedisSink
+from projections.redis_kv import GenerationBuilder
 from projections.redis_layout import RedisLayout
 
-POLL_SECONDS = 1.0
 REPORT_SECONDS = 0.25
 
-# KEYS: the partition's pointer. ARGV: new generation, prefix, partition.
+# KEYS: the partition's pointer, the live generation's checkpoint, the new generation's checkpoint and its
+# "live" mark. ARGV: the new generation, the live generation the keys were named for. Returns 1 when the new
+# generation is live (now or already), 0 when the live one is ahead of it, -1 when the pointer moved since
+# the keys were named (name them again).
 SWITCH = """
 local live = tonumber(redis.call('GET', KEYS[1]) or '0')
 local new = tonumber(ARGV[1])
 if live >= new then return 1 end
-local function checkpoint(generation)
-  return tonumber(redis.call('GET', ARGV[2] .. ':g' .. generation .. ':{p' .. ARGV[3] .. '}:ckpt') or '-1')
-end
-if checkpoint(new) >= checkpoint(live) then
+if live ~= tonumber(ARGV[2]) then return -1 end
+if tonumber(redis.call('GET', KEYS[3]) or '-1') >= tonumber(redis.call('GET', KEYS[2]) or '-1') then
   redis.call('SET', KEYS[1], ARGV[1])
   -- the new generation holds every event the live one did: readers may trust it (see redis_recovery.py)
-  redis.call('SET', ARGV[2] .. ':g' .. new .. ':{p' .. ARGV[3] .. '}:live', 1)
+  redis.call('SET', KEYS[4], 1)
   return 1
 end
 return 0
@@ -66,18 +68,6 @@ class WorkerProgress:
 
 
 Report = Callable[[WorkerProgress], None]
-
-
-@dataclass(frozen=True)
-class Window:
-    """When the records fetched of a partition are handed to the projector together (before it is caught up).
-
-    A window of many events reads, folds and writes a key once however many of them it has (`bench.rebuild`,
-    1M events over 100,000 keys: 0.30x the raw read, against 0.23x with windows of 10,000 records). It closes
-    earlier once its values reach ``value_bytes``: a bound on memory."""
-
-    records: int = 100_000
-    value_bytes: int = 32 << 20
 
 
 def run(settings: Settings, generation: int, partitions: list[int], worker: int, report: Report,
@@ -102,82 +92,40 @@ async def build(settings: Settings, generation: int, partitions: list[int], prog
                 report: Report, window: Window, *, parent: int | None = None) -> None:
     """Fold ``partitions`` from their checkpoints in ``generation`` to the log's head and switch each one."""
     layout = RedisLayout(settings.redis_prefix)
-    sink = RedisSink(settings.redis_url, layout, settings.partitions, building=generation)
+    sink = GenerationBuilder(settings.redis_url, layout, settings.partitions, generation)
     projector = projector_for(sink, settings, live(settings), label="redis rebuild")
     client = aioredis.from_url(settings.redis_url)
     switch = client.register_script(SWITCH)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
                                 isolation_level="read_committed", max_partition_fetch_bytes=8 << 20)
+    reported = 0.0
+
+    async def told(applied: int, behind: int) -> None:
+        nonlocal reported
+        if parent is not None and os.getppid() != parent:
+            raise SystemExit("the rebuild that started this worker is gone; stopping")
+        progress.applied, progress.behind = progress.applied + applied, behind
+        if time.monotonic() - reported > REPORT_SECONDS:
+            report(progress)
+            reported = time.monotonic()
+
+    feed = Feed(projector, consumer, settings.events_topic, group=False, progress=told)
     await consumer.start()
     try:
         await projector.load_checkpoints()
-        remaining = {TopicPartition(settings.events_topic, p) for p in partitions}
-        consumer.assign(list(remaining))
-        position: dict[TopicPartition, int] = {}
-        for tp in remaining:
-            position[tp] = projector.resume_offset(tp.partition)
-            consumer.seek(tp, position[tp])
-        pending: dict[TopicPartition, list[LogRecord]] = {tp: [] for tp in remaining}
-        pending_bytes = dict.fromkeys(remaining, 0)
-
-        def window_full(tp: TopicPartition) -> bool:
-            return len(pending[tp]) >= window.records or pending_bytes[tp] >= window.value_bytes
-
-        def seek(reseek: Reseek) -> None:
-            for partition, offset in reseek.offsets.items():
-                tp = TopicPartition(settings.events_topic, partition)
-                consumer.seek(tp, offset)
-                position[tp] = offset
-
-        heads: dict[TopicPartition, int] = {}
-        polled = reported = 0.0
+        remaining = set(partitions)
         while remaining:
-            if parent is not None and os.getppid() != parent:
-                raise SystemExit("the rebuild that started this worker is gone; stopping")
-            if time.monotonic() - polled > POLL_SECONDS:
-                heads = await consumer.end_offsets(list(remaining))
-                polled = time.monotonic()
-            fetching = [tp for tp in remaining if position[tp] < heads[tp] and not window_full(tp)]
-            if fetching:
-                batch = await consumer.getmany(*fetching, timeout_ms=200, max_records=20_000)
-                for tp, records in batch.items():
-                    pending[tp].extend(records)
-                    pending_bytes[tp] += sum(len(record.value or b"") for record in records)
-                for tp in fetching:
-                    position[tp] = await consumer.position(tp)  # past transaction markers too
-            ready = [tp for tp in remaining
-                     if pending[tp] and (window_full(tp) or position[tp] >= heads[tp])]
-            if ready:
-                try:
-                    await projector.handle_partitions({tp.partition: pending[tp] for tp in ready})
-                except Reseek as reseek:
-                    seek(reseek)
-                progress.applied += sum(len(pending[tp]) for tp in ready)
-                for tp in ready:
-                    pending[tp], pending_bytes[tp] = [], 0
-            elif not fetching:
-                # Caught up with the head last seen: over the markers that end the partitions (as the live
-                # worker does when idle, or the live checkpoint would stay ahead), write everything, then
-                # switch each partition the live one is not ahead of.
-                try:
-                    await projector.settle({tp.partition: position[tp] for tp in remaining}, idle=0.0)
-                except Reseek as reseek:
-                    seek(reseek)
-                    continue
-                # What the sink folded and has not written yet, all partitions at once: while Redis runs one
-                # partition's script, this process encodes the next one's.
-                await asyncio.gather(*(sink.flush(tp.partition) for tp in remaining))
-                for tp in sorted(remaining, key=lambda tp: tp.partition):
-                    arguments = [generation, layout.prefix, tp.partition]
-                    if await switch(keys=[layout.pointer(tp.partition)], args=arguments):
-                        remaining.discard(tp)
-                        consumer.pause(tp)
-                        progress.switched.append(tp.partition)
-                polled = 0.0  # what did not switch is behind a head that moved: look again now
-            if time.monotonic() - reported > REPORT_SECONDS:
-                progress.behind = sum(max(0, heads[tp] - position[tp]) + len(pending[tp]) for tp in remaining)
-                report(progress)
-                reported = time.monotonic()
+            consumer.assign([TopicPartition(settings.events_topic, partition) for partition in sorted(remaining)])
+            await feed.to_head(window)
+            # What the sink folded and has not written yet, all partitions at once: while Redis runs one
+            # partition's script, this process encodes the next one's. Then switch each partition the live
+            # one is not ahead of; the others go on to the head that has moved meanwhile.
+            await asyncio.gather(*(sink.flush(partition) for partition in remaining))
+            for partition in sorted(remaining):
+                if await _switched(client, switch, layout, partition, generation):
+                    remaining.discard(partition)
+                    progress.switched.append(partition)
+            await told(0, 0)
         progress.behind, progress.done = 0, True
         report(progress)
     finally:
@@ -185,3 +133,15 @@ async def build(settings: Settings, generation: int, partitions: list[int], prog
         await projector.dead_letters.close()
         await sink.close()
         await client.aclose()
+
+
+async def _switched(client: aioredis.Redis, switch: AsyncScript, layout: RedisLayout, partition: int,
+                    generation: int) -> bool:
+    """Switch ``partition`` to ``generation`` if it has caught up with the live one (SWITCH); whether it is live."""
+    while True:
+        live = int(await client.get(layout.pointer(partition)) or 0)
+        keys = [layout.pointer(partition), layout.at(live).checkpoint(partition),
+                layout.at(generation).checkpoint(partition), layout.at(generation).live(partition)]
+        result = int(await switch(keys=keys, args=[generation, live]))
+        if result >= 0:
+            return result == 1

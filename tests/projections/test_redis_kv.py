@@ -16,7 +16,7 @@ from ams.settings import get_settings
 from commands.envelope import DELETE, PUT, STREAM_APPEND, Event, now_ms
 from commands.fold import MAX_REMEMBERED_COMMANDS, Status
 from commands.keys import kafka_key, partition_for
-from projections.redis_kv import PART_RECORDS, RedisSink
+from projections.redis_kv import PART_RECORDS, GenerationBuilder, RedisBatchWriter, RedisSink
 from projections.redis_layout import Announcement, RedisLayout
 from projections.sink import Positioned, ProjectionSink
 from tests.projections.sink_contract import SinkContract
@@ -31,7 +31,7 @@ class TestRedisSink(SinkContract):
         return RedisSink(settings.redis_url, RedisLayout(f"test-{uuid.uuid4().hex[:8]}"), settings.partitions)
 
     async def read(self, sink: ProjectionSink, tenant: str, key: str) -> dict[str, Any] | None:
-        assert isinstance(sink, RedisSink)
+        assert isinstance(sink, RedisBatchWriter)
         home = partition_for(kafka_key(tenant, key), sink.partitions)
         value, version, expires, deleted = await sink.client.hmget(
             sink.layout_of(home).record(home, tenant, key), ["value", "version", "expires", "deleted"])
@@ -40,6 +40,22 @@ class TestRedisSink(SinkContract):
             return None
         assert version is not None
         return {"value": orjson.loads(value), "version": int(version)}
+
+
+class TestRedisSinkBuildingAGeneration(TestRedisSink):
+    """A rebuild's sink (`GenerationBuilder`): it folds in memory and writes when flushed, under the same
+    contract; a reader sees the generation once written."""
+
+    async def make_sink(self) -> ProjectionSink:
+        settings = get_settings()
+        return GenerationBuilder(settings.redis_url, RedisLayout(f"test-{uuid.uuid4().hex[:8]}"), settings.partitions,
+                                 1)
+
+    async def read(self, sink: ProjectionSink, tenant: str, key: str) -> dict[str, Any] | None:
+        assert isinstance(sink, GenerationBuilder)
+        for partition in list(sink.unwritten):
+            await sink.flush(partition)
+        return await super().read(sink, tenant, key)
 
 
 @pytest.fixture
@@ -73,7 +89,7 @@ async def test_with_wait_replicas_a_batch_is_on_the_replica_when_apply_returns(r
     await sink.close()
 
 
-def one_partition_batch(sink: RedisSink, tenant: str, count: int) -> tuple[int, list[Positioned]]:
+def one_partition_batch(sink: RedisBatchWriter, tenant: str, count: int) -> tuple[int, list[Positioned]]:
     """``count`` puts of distinct keys that all route to one partition (a rebuild's big window)."""
     keys = (f"big/{i}" for i in range(count * sink.partitions * 4))
     home = partition_for(kafka_key(tenant, "big/0"), sink.partitions)
@@ -86,13 +102,13 @@ def one_partition_batch(sink: RedisSink, tenant: str, count: int) -> tuple[int, 
 async def test_a_rebuild_writes_a_big_batch_in_parts_and_all_of_it_lands(tenant: str) -> None:
     settings = get_settings()
     layout = RedisLayout(f"test-{uuid.uuid4().hex[:8]}")
-    sink = RedisSink(settings.redis_url, layout, settings.partitions, building=1)
+    sink = GenerationBuilder(settings.redis_url, layout, settings.partitions, 1)
     try:
         await sink.checkpoints()
         home, events = one_partition_batch(sink, tenant, PART_RECORDS * 2 + 10)
         await sink.apply(home, events, len(events) - 1, -1)
         await sink.flush(home)
-        again = RedisSink(settings.redis_url, layout, settings.partitions, building=1)
+        again = GenerationBuilder(settings.redis_url, layout, settings.partitions, 1)
         assert (await again.checkpoints())[home] == len(events) - 1  # finished: nothing to start over
         built = await again.records(tenant)  # generation 1, the one being built
         assert {key: record.value for key, record in built.items()} == {e.event.key: e.event.data for e in events}
@@ -106,7 +122,7 @@ async def test_a_rebuild_writes_a_big_batch_in_parts_and_all_of_it_lands(tenant:
 async def test_a_rebuild_interrupted_between_the_parts_of_a_batch_starts_that_partition_over(tenant: str) -> None:
     settings = get_settings()
     layout = RedisLayout(f"test-{uuid.uuid4().hex[:8]}")
-    sink = RedisSink(settings.redis_url, layout, settings.partitions, building=1)
+    sink = GenerationBuilder(settings.redis_url, layout, settings.partitions, 1)
     try:
         await sink.checkpoints()
         home, events = one_partition_batch(sink, tenant, PART_RECORDS + 10)
@@ -123,7 +139,7 @@ async def test_a_rebuild_interrupted_between_the_parts_of_a_batch_starts_that_pa
         part = layout.at(1).partition_prefix(home)
         assert len([name async for name in sink.client.scan_iter(match=part + "*")]) > PART_RECORDS
 
-        resumed = RedisSink(settings.redis_url, layout, settings.partitions, building=1)
+        resumed = GenerationBuilder(settings.redis_url, layout, settings.partitions, 1)
         assert home not in await resumed.checkpoints()  # the partition holds records beyond its checkpoint
         assert [name async for name in sink.client.scan_iter(match=part + "*")] == []
         await resumed.close()
@@ -137,7 +153,7 @@ async def test_a_rebuild_writes_what_it_folded_when_flushed_and_remembers_it_mea
     batches fold over them (records and forgotten command ids alike), and each key is written once."""
     settings = get_settings()
     layout = RedisLayout(f"test-{uuid.uuid4().hex[:8]}")
-    sink = RedisSink(settings.redis_url, layout, settings.partitions, building=1)
+    sink = GenerationBuilder(settings.redis_url, layout, settings.partitions, 1)
     try:
         await sink.checkpoints()
         home = partition_for(kafka_key(tenant, "k"), sink.partitions)
@@ -153,7 +169,7 @@ async def test_a_rebuild_writes_what_it_folded_when_flushed_and_remembers_it_mea
         assert outcome is not None and outcome.status is Status.DUPLICATE
         await sink.flush(home)
 
-        again = RedisSink(settings.redis_url, layout, settings.partitions, building=1)
+        again = GenerationBuilder(settings.redis_url, layout, settings.partitions, 1)
         assert (await again.checkpoints())[home] == len(puts)
         assert (await again.records(tenant))["k"].value == MAX_REMEMBERED_COMMANDS
         assert await sink.client.hexists(layout.at(1).commands(home, tenant, "k"), "c0")
@@ -166,8 +182,8 @@ async def test_a_rebuild_writes_what_it_folded_when_flushed_and_remembers_it_mea
 async def test_each_batch_is_announced_with_the_keys_it_changed(tenant: str) -> None:
     settings = get_settings()
     layout = RedisLayout(f"test-{uuid.uuid4().hex[:8]}")
-    live, rebuild = (RedisSink(settings.redis_url, layout, settings.partitions, building=building)
-                     for building in (None, 1))
+    live = RedisSink(settings.redis_url, layout, settings.partitions)
+    rebuild = GenerationBuilder(settings.redis_url, layout, settings.partitions, 1)
     pubsub = live.client.pubsub()
     await pubsub.subscribe(layout.applied_channel)
     try:

@@ -1,8 +1,13 @@
-"""Digests of whole projection stores, and reference projections built fresh from the log, for rebuild tests."""
+"""Digests of whole projection stores, reference projections built fresh from the log, and rebuilds killed
+mid-way, for rebuild tests."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import replace
 
 import asyncpg
@@ -16,7 +21,7 @@ from projections.postgres import PostgresSink
 from projections.projector import Projector
 from projections.redis_layout import RedisLayout
 from replay.catch_up import Builder, Tracker, progress_display, started_consumer
-from replay.rebuild import RebuildState
+from replay.rebuild_state import RebuildState, read_state
 
 SKIPPED_TABLES = ("schema_migrations",)  # when each migration ran: not a projection of the log
 
@@ -131,3 +136,25 @@ async def drop_schema(settings: Settings, schema: str) -> None:
 
 def with_schema(settings: Settings, schema: str) -> Settings:
     return replace(settings, postgres_schema=schema)
+
+
+async def kill_rebuild_midway(settings: Settings, projection: str, timeout: float = 120) -> None:
+    """Run `ams rebuild <projection>` and SIGKILL it once it reports events applied and is not done yet: a
+    kill that lands mid-way by what the rebuild says, not by a guess at how long it takes."""
+    started = time.time()
+    process = subprocess.Popen([sys.executable, "-m", "ams.cli", "rebuild", projection], stdout=subprocess.DEVNULL)
+    client = aioredis.from_url(settings.redis_url)
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                state = await read_state(client, RedisLayout(settings.redis_prefix), projection)
+                if state is not None and float(state["started"]) >= started:  # type: ignore[arg-type]
+                    assert state["state"] != "done", "the rebuild finished before it could be killed mid-way"
+                    if int(state["applied"]) > 0:  # type: ignore[call-overload]
+                        break
+                assert process.poll() is None, f"the rebuild exited early with code {process.returncode}"
+                await asyncio.sleep(0.02)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        await client.aclose()

@@ -23,7 +23,7 @@ from projections.projector import Projector
 from projections.redis_kv import RedisSink
 from projections.redis_layout import RedisLayout
 from replay.catch_up import Builder, Tracker, progress_display, started_consumer
-from replay.rebuild import RebuildState
+from replay.rebuild_state import RebuildState
 
 pytestmark = pytest.mark.stack
 RECORDS = 10

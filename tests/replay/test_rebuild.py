@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import signal
-import subprocess
-import sys
 
 import httpx
 import pytest
 import redis.asyncio as aioredis
 
 from ams.settings import Settings
+from projections.feed import Window
 from projections.redis_kv import RedisSink
 from projections.redis_layout import RedisLayout
-from replay.rebuild import read_state, rebuild_redis
-from replay.rebuild_worker import Window
-from tests.replay.digests import end_offsets
+from replay.rebuild_redis import rebuild_redis
+from replay.rebuild_state import read_state
+from tests.replay.digests import end_offsets, kill_rebuild_midway
 from tests.support import fold_log_for, redis_records
 
 pytestmark = pytest.mark.stack
@@ -74,10 +72,7 @@ async def test_a_rebuild_killed_midway_leaves_live_reads_correct_and_can_be_resu
     api: httpx.AsyncClient, settings: Settings, tenant: str
 ) -> None:
     await history_of_writes(api)
-    process = subprocess.Popen([sys.executable, "-m", "ams.cli", "rebuild", "redis"], stdout=subprocess.DEVNULL)
-    await asyncio.sleep(1.5)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    await kill_rebuild_midway(settings, "redis")
     assert (await api.get("/v1/kv/k1")).json() == {"i": 29, "extra": True}
     expected = {key: record for key, record in (await fold_log_for(settings, tenant)).items() if record is not None}
     assert await redis_records(settings, tenant) == expected  # live state untouched (or already switched, whole)

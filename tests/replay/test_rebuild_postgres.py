@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import signal
-import subprocess
-import sys
 import uuid
 from typing import Any
 
@@ -22,6 +19,7 @@ from replay.catch_up import started_consumer
 from replay.rebuild_postgres import rebuild_postgres, schema_names
 from tests.replay.digests import (
     drop_schema,
+    kill_rebuild_midway,
     last_offsets,
     postgres_digest,
     reference_postgres,
@@ -179,10 +177,7 @@ async def test_a_postgres_rebuild_killed_midway_leaves_the_live_schema_untouched
     await history_of_writes(api)
     await wait_postgres_caught_up(settings, settings.postgres_schema)
     before = await postgres_digest(settings, settings.postgres_schema)
-    process = subprocess.Popen([sys.executable, "-m", "ams.cli", "rebuild", "postgres"], stdout=subprocess.DEVNULL)
-    await asyncio.sleep(3)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    await kill_rebuild_midway(settings, "postgres")
     assert await postgres_digest(settings, settings.postgres_schema) == before  # untouched, or already swapped
     assert (await api.get("/v1/kv/k1/history")).status_code == 200
 

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import signal
-import subprocess
-import sys
 from typing import Any
 
 import httpx
@@ -24,9 +21,10 @@ from projections.milvus_store import LIVE_ALIAS, MilvusStore, checkpoints_name
 from projections.redis_layout import RedisLayout
 from projections.worker import web_port
 from replay.catch_up import Builder, Tracker, progress_display, started_consumer
-from replay.rebuild import RebuildState
+from replay.rebuild_state import RebuildState
 from replay.rebuild_vectors import milvus_projector, rebuild_vectors
 from tests.conftest import token_for
+from tests.replay.digests import kill_rebuild_midway
 from tests.vector_support import merge_tokens, put_all, search
 
 pytestmark = pytest.mark.stack
@@ -173,10 +171,7 @@ async def test_a_vectors_rebuild_killed_midway_leaves_live_searches_correct_and_
     await wait_both(api, token, EXPECTED)
     store = MilvusStore(settings.milvus_endpoint)
     live = store.live_generation()
-    process = subprocess.Popen([sys.executable, "-m", "ams.cli", "rebuild", "vectors"], stdout=subprocess.DEVNULL)
-    await asyncio.sleep(4)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    await kill_rebuild_midway(settings, "vectors")
     await wait_both(api, token, EXPECTED)  # the live views answer as before
 
     state = await rebuild_vectors(settings, quiet=True)

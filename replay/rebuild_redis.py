@@ -22,47 +22,24 @@ import multiprocessing
 import os
 import time
 from collections.abc import Collection
-from dataclasses import asdict, dataclass, field
 
-import orjson
 import redis.asyncio as aioredis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 from ams.settings import Settings
+from projections.feed import Window
 from projections.redis_layout import RedisLayout
 from replay import rebuild_worker
-from replay.rebuild_worker import Window, WorkerProgress
+from replay.rebuild_state import GRACE_SECONDS, RebuildState, recorded, save_state
+from replay.rebuild_worker import WorkerProgress
 
 console = Console()
-GRACE_SECONDS = 3.0  # > several gateway polls (0.5 s) before a retired generation is dropped
 SAVE_SECONDS = 1.0
-
-
-@dataclass
-class RebuildState:
-    """What `GET /v1/admin/rebuilds/redis` reports, kept in Redis while a rebuild runs."""
-
-    projection: str
-    generation: int
-    state: str = "building"  # building -> dropping -> done | failed
-    applied: int = 0
-    total: int = 0
-    events_per_second: float = 0.0
-    eta_seconds: float | None = None
-    switched: list[int] = field(default_factory=list)
-    workers: int = 0
-    started: float = field(default_factory=time.time)
-    finished: float | None = None
-    error: str | None = None
 
 
 class RebuildFailed(RuntimeError):
     """A rebuild worker failed; the live generation is untouched and the rebuild can be run again."""
-
-
-def state_key(layout: RedisLayout, projection: str) -> str:
-    return f"{layout.prefix}:rebuild:{projection}"
 
 
 def default_workers(settings: Settings) -> int:
@@ -79,20 +56,13 @@ async def rebuild_redis(settings: Settings, *, restart: bool = False, quiet: boo
         if restart:
             await drop_generation(client, layout.at(building), quiet=quiet)
         state = RebuildState("redis", building, workers=min(workers or default_workers(settings), settings.partitions))
-        await save_state(client, layout, state)
-        try:
+        async with recorded(client, layout, state):
             await _build(settings, client, layout, state, quiet, window or Window())
             state.state = "dropping"
             await save_state(client, layout, state)
             await asyncio.sleep(GRACE_SECONDS)
             for retired in sorted(set(live.values())):
                 await drop_generation(client, layout.at(retired), quiet=quiet)
-            state.state, state.finished = "done", time.time()
-        except BaseException as error:
-            state.state, state.error, state.finished = "failed", str(error) or repr(error), time.time()
-            raise
-        finally:
-            await save_state(client, layout, state)
         return state
     finally:
         await client.aclose()
@@ -175,12 +145,3 @@ async def _scan_batches(client: aioredis.Redis, pattern: str, size: int = 1000):
             yield keys
         if cursor == 0:
             return
-
-
-async def save_state(client: aioredis.Redis, layout: RedisLayout, state: RebuildState) -> None:
-    await client.set(state_key(layout, state.projection), orjson.dumps(asdict(state)), ex=7 * 86400)
-
-
-async def read_state(client: aioredis.Redis, layout: RedisLayout, projection: str) -> dict[str, object] | None:
-    raw = await client.get(state_key(layout, projection))
-    return orjson.loads(raw) if raw is not None else None
