@@ -35,12 +35,22 @@ async def schema() -> AsyncIterator[str]:
 
 class TestPostgresSink(SinkContract):
     @pytest.fixture(autouse=True)
-    def _schema(self, schema: str) -> None:
-        self.schema = schema
+    async def _schemas(self) -> AsyncIterator[None]:
+        """Each sink made gets a schema of its own (the contract makes several per test: each must start
+        empty), all dropped afterwards."""
+        self.schemas: list[str] = []
+        yield
+        connection = await asyncpg.connect(get_settings().postgres_dsn)
+        try:
+            for name in self.schemas:
+                await connection.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        finally:
+            await connection.close()
 
     async def make_sink(self) -> ProjectionSink:
         settings = get_settings()
-        return PostgresSink(settings.postgres_dsn, self.schema, settings.partitions)
+        self.schemas.append(f"test_{uuid.uuid4().hex[:10]}")
+        return PostgresSink(settings.postgres_dsn, self.schemas[-1], settings.partitions)
 
     async def read(self, sink: ProjectionSink, tenant: str, key: str) -> dict[str, Any] | None:
         assert isinstance(sink, PostgresSink)
