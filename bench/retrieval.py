@@ -13,7 +13,10 @@ its usage example, with its definition the one relevant memory):
    ``k=10``) through ``POST /v1/vector/search``: nDCG@10, recall@10, p50 and p99 of the round trip;
 3. **beside it, in this process**: the raw index calls the gateway makes (the FAISS search, the BM25
    search, both plus the fusion) on an index holding the same vectors, and the embedder's own time for
-   one query.
+   one query;
+4. **the alternative to the BM25 projection**: PostgreSQL's full-text search (`english` configuration,
+   the query's words OR-ed, ranked by `ts_rank_cd`) over the same tenant's rows of the PostgreSQL
+   projection (`kv_current`), called directly: its quality, and its latency without an index of its own.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 import httpx
 import numpy as np
 import orjson
@@ -39,6 +43,7 @@ from bench.wordnet_set import LabeledSet, Query, load
 from commands.keys import format_positions, parse_positions
 from projections.embeddings import UPSERT, EmbeddingOp
 from projections.faiss_index import IndexParams, TenantIndex
+from projections.keyword_index import words
 from projections.text_embedder import EMBEDDERS, TextEmbedder
 from queries.fusion import reciprocal_rank_fusion
 
@@ -92,16 +97,16 @@ def embedder_choice(labeled: LabeledSet, queries: list[Query]) -> tuple[dict[str
             start = time.perf_counter()
             memory_vectors = embedder.encode(texts)
             texts_per_second = len(texts) / (time.perf_counter() - start)
-        alone, quality = Latencies(f"{name} one text"), Quality()
+        alone, quality, query_vectors = Latencies(f"{name} one text"), Quality(), []
         for query in queries:
             vector = timed(alone, lambda query=query, embedder=embedder: embedder.encode([query.text]))[0]  # type: ignore[misc]
+            query_vectors.append(vector)
             order = np.argsort(-(memory_vectors @ vector), kind="stable")[:K]
             quality.add(query, [keys[i] for i in order])
         report[name] = {"texts_per_second": round(texts_per_second, 1), "one_text": alone.as_json(),
                         **quality.as_json()}
         if name == "minilm":
-            vectors = {"memories": memory_vectors,
-                       "queries": np.vstack([embedder.encode([query.text]) for query in queries])}
+            vectors = {"memories": memory_vectors, "queries": np.vstack(query_vectors)}
     return report, vectors
 
 
@@ -131,8 +136,14 @@ async def wait_for(api: httpx.AsyncClient, token: str, timeout: float = 600) -> 
                 raise SystemExit(f"the search never caught up with the writes: {response.text}")
 
 
-async def through_api(settings: Settings, labeled: LabeledSet, queries: list[Query]) -> dict[str, Any]:
+async def against_stack(settings: Settings, labeled: LabeledSet, queries: list[Query]) -> dict[str, Any]:
+    """Parts 2 and 4, on a fresh tenant."""
     tenant = f"bench-retrieval-{uuid.uuid4().hex[:8]}"
+    api = await through_api(settings, tenant, labeled, queries)
+    return {"api": api, "postgres_fts": await postgres_fts(settings, tenant, labeled, queries)}
+
+
+async def through_api(settings: Settings, tenant: str, labeled: LabeledSet, queries: list[Query]) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {issue_dev_token(settings, tenant, ['memory:read', 'memory:write'])}"}
     report: dict[str, Any] = {}
     async with httpx.AsyncClient(base_url=settings.gateway_url, headers=headers, timeout=60) as api:
@@ -150,6 +161,36 @@ async def through_api(settings: Settings, labeled: LabeledSet, queries: list[Que
                     quality.add(query, [hit["key"] for hit in response.json()])
             report[mode] = {"api": latencies.as_json(), **quality.as_json()}
     return report
+
+
+POSTGRES_FTS = """
+    SELECT key FROM kv_current, to_tsquery('english', $2) AS query
+    WHERE tenant = $1 AND NOT deleted AND to_tsvector('english', value->>'text') @@ query
+    ORDER BY ts_rank_cd(to_tsvector('english', value->>'text'), query) DESC, key LIMIT 10
+"""
+
+
+async def postgres_fts(settings: Settings, tenant: str, labeled: LabeledSet, queries: list[Query]) -> dict[str, Any]:
+    """PostgreSQL's full-text search over the tenant's current rows: quality and latency of the raw call."""
+    connection = await asyncpg.connect(settings.postgres_dsn)
+    try:
+        deadline = time.monotonic() + 600
+        with progress.status("waiting for the PostgreSQL projection to hold every memory"):
+            while await connection.fetchval("SELECT count(*) FROM kv_current WHERE tenant = $1 AND NOT deleted",
+                                            tenant) < len(labeled.memories):
+                if time.monotonic() > deadline:
+                    raise SystemExit("the PostgreSQL projection never caught up with the writes")
+                await asyncio.sleep(0.5)
+        latencies, quality = Latencies("postgres_fts"), Quality()
+        for query in queries:
+            terms = " | ".join(words(query.text))
+            start = time.perf_counter()
+            rows = await connection.fetch(POSTGRES_FTS, tenant, terms) if terms else []
+            latencies.samples.append((time.perf_counter() - start) * 1000)
+            quality.add(query, [row["key"] for row in rows])
+    finally:
+        await connection.close()
+    return {"raw": latencies.as_json(), **quality.as_json()}
 
 
 def raw_calls(labeled: LabeledSet, queries: list[Query], vectors: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -196,6 +237,11 @@ def print_report(results: dict[str, Any]) -> None:
                       f"{row['api']['p50_ms']:.2f}", f"{row['api']['p99_ms']:.2f}", f"{raw['p50_ms']:.3f}",
                       f"{raw['p99_ms']:.3f}")
     console.print(modes)
+    fts = results["postgres_fts"]
+    console.print("PostgreSQL full-text search on the same rows (the alternative to the BM25 projection): nDCG@10 "
+                  + ", ".join(f"{kind} {fts[f'ndcg@10_{kind}']:.3f}" for kind in KINDS) + "; recall@10 "
+                  + ", ".join(f"{kind} {fts[f'recall@10_{kind}']:.3f}" for kind in KINDS)
+                  + f"; raw call p50 {fts['raw']['p50_ms']:.2f} ms, p99 {fts['raw']['p99_ms']:.2f} ms (no index).")
     one = results["embedders"]["minilm"]["one_text"]
     console.print(f"The embedder's own time for one query (minilm, in-process): p50 {one['p50_ms']:.2f} ms, "
                   f"p99 {one['p99_ms']:.2f} ms: part of every semantic and hybrid search by text.")
@@ -217,7 +263,7 @@ def main() -> None:
     embedders, vectors = embedder_choice(labeled, queries)
     results: dict[str, Any] = {"memories": len(labeled.memories), "queries": len(queries), "embedders": embedders}
     if not args.no_api:
-        results["api"] = asyncio.run(through_api(get_settings(), labeled, queries))
+        results |= asyncio.run(against_stack(get_settings(), labeled, queries))
         results["raw"] = raw_calls(labeled, queries, vectors)
     if args.json:
         print(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode())

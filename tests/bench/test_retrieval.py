@@ -33,3 +33,4 @@ def test_a_small_run_reports_quality_and_latency_of_every_mode() -> None:
         assert 0 <= mode["ndcg@10_words"] <= mode["recall@10_words"] <= 1
         assert 0 < mode["api"]["p50_ms"] <= mode["api"]["p99_ms"]
     assert report["api"]["semantic"]["recall@10_words"] > 0.5  # the built-in model finds definitions by meaning
+    assert 0 < report["postgres_fts"]["raw"]["p50_ms"] and 0 <= report["postgres_fts"]["recall@10_example"] <= 1
