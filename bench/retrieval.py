@@ -43,7 +43,7 @@ from bench.wordnet_set import LabeledSet, Query, load
 from commands.keys import format_positions, parse_positions
 from projections.embeddings import UPSERT, EmbeddingOp
 from projections.faiss_index import IndexParams, TenantIndex
-from projections.keyword_index import words
+from projections.keyword_index import tokens
 from projections.text_embedder import EMBEDDERS, TextEmbedder
 from queries.fusion import reciprocal_rank_fusion
 
@@ -183,7 +183,7 @@ async def postgres_fts(settings: Settings, tenant: str, labeled: LabeledSet, que
                 await asyncio.sleep(0.5)
         latencies, quality = Latencies("postgres_fts"), Quality()
         for query in queries:
-            terms = " | ".join(words(query.text))
+            terms = " | ".join(tokens(query.text))
             start = time.perf_counter()
             rows = await connection.fetch(POSTGRES_FTS, tenant, terms) if terms else []
             latencies.samples.append((time.perf_counter() - start) * 1000)

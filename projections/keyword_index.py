@@ -4,7 +4,8 @@ It is part of the FAISS view (`projections.faiss_index.TenantIndex` keeps one), 
 ``memory.embeddings`` like the vectors: the same upserts and deletes change both at once, the same marks
 tell how far both reflect the log, a consistency token waits for both, and a delete, expiry or overwrite
 leaves both together. A memory's words are those of every string in its value (the fields the search
-results return), lower-cased and split on anything that is not a letter or a digit.
+results return), lower-cased, split on anything that is not a letter or a digit, and reduced to their stem
+by the Snowball English stemmer (as PostgreSQL's `english` text search does), so that "ruined" finds "ruin".
 
 BM25 with the usual k1 = 1.2, b = 0.75. Why a BM25 projection rather than PostgreSQL's text search, and
 its measured quality and latency: docs/ARCHITECTURE.md and `bench/retrieval.py`.
@@ -16,7 +17,10 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
+from functools import lru_cache
 from typing import Any
+
+import snowballstemmer
 
 K1 = 1.2
 B = 0.75
@@ -24,8 +28,23 @@ _WORD = re.compile(r"[^\W_]+")
 SKIPPED_FIELDS = frozenset({"_index"})
 
 
-def words(text: str) -> list[str]:
+_STEMMER = snowballstemmer.stemmer("english")
+
+
+def tokens(text: str) -> list[str]:
+    """The text's words as written, lower-cased."""
     return _WORD.findall(text.lower())
+
+
+@lru_cache(maxsize=100_000)
+def _stem(token: str) -> str:
+    """Cached: the stemmer is pure Python (about 0.1 ms a word), and a vocabulary repeats."""
+    return str(_STEMMER.stemWord(token))
+
+
+def words(text: str) -> list[str]:
+    """The text's index terms: its tokens' stems."""
+    return [_stem(token) for token in tokens(text)]
 
 
 def _strings(value: Any) -> Iterator[str]:

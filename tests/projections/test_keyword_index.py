@@ -7,7 +7,13 @@ from projections.keyword_index import KeywordIndex, value_words
 
 def test_words_come_from_every_string_of_the_value_but_the_index_field() -> None:
     value = {"title": "Café Owners", "tags": ["espresso", {"deep": "Lisbon-2024"}], "n": 3, "_index": ["title"]}
-    assert value_words(value) == ["café", "owners", "espresso", "lisbon", "2024"]
+    assert value_words(value) == ["café", "owner", "espresso", "lisbon", "2024"]  # stemmed: owners -> owner
+
+
+def test_a_word_finds_its_other_forms() -> None:
+    index = KeywordIndex()
+    index.put("a", {"text": "The city was ruined by the flood."})
+    assert [key for key, _ in index.search("ruin floods", 5, lambda key: True)] == ["a"]
 
 
 def test_rarer_words_and_shorter_memories_rank_first() -> None:
