@@ -8,7 +8,7 @@ normalisation are numpy matrix products: the same arithmetic sentence-transforme
 are the model's (the GELU is the tanh form, which moves a cosine similarity by less than 1e-3).
 
 `StaticMiniLM` is the same model's token table alone, averaged per text (model2vec-style static
-embeddings): about a thousand times faster and much worse at paraphrases; `bench/retrieval.py` measures both.
+embeddings): about 200 times faster per text and much worse at paraphrases; `bench/retrieval.py` measures both.
 """
 
 from __future__ import annotations
