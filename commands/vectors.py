@@ -1,9 +1,9 @@
 """Which values carry a vector, and the command-side check of a tenant's vector dimension.
 
 A KV value that is a JSON object with a list of numbers in its embedding field (``embedding`` by
-default) carries a vector; one with a string in its text field (``text``) carries text that the
-optional text embedder turns into one. Every projection and the command side read both through
-`extract_vector` and `tenant_specs`, so they agree on what is indexed.
+default) carries a vector; one with strings in its text fields (``text`` by default, or those the value
+names in ``_index``) carries text that the built-in text embedder turns into one. Every projection and
+the command side read both through `extract_vector` and `tenant_specs`, so they agree on what is indexed.
 
 A tenant's dimension is either configured (``AMS_VECTOR_TENANTS``) or fixed by the first vector the
 embedder indexes for it; the embedder records it in its own state, and the command side reads it from
@@ -77,8 +77,7 @@ def extract_vector(value: Any, settings: Settings) -> list[float] | str | None:
         return None
     embedding = value.get(settings.vector_field)
     if embedding is None:
-        text = value.get(settings.vector_text_field)
-        return text if isinstance(text, str) and text.strip() else None
+        return value_text(value, settings)
     if not isinstance(embedding, list) or not embedding:
         raise InvalidVector(f"field {settings.vector_field!r} must be a non-empty list of numbers")
     if len(embedding) > settings.vector_max_dim:
@@ -90,6 +89,27 @@ def extract_vector(value: Any, settings: Settings) -> list[float] | str | None:
     if not np.isfinite(np.asarray(embedding, dtype=np.float64)).all():
         raise InvalidVector(f"field {settings.vector_field!r} must hold only finite numbers")
     return embedding
+
+
+def value_text(value: dict[str, Any], settings: Settings) -> str | None:
+    """The text to embed: the value's text fields (its own ``_index`` list, else the configured ones) that
+    hold non-empty strings, joined by blank lines; None when there is none or the value says ``"_index": false``.
+    """
+    named = value.get(settings.vector_index_field, settings.vector_text_fields)
+    if named is False:
+        return None
+    fields = [name for name in named if isinstance(name, str)] if isinstance(named, list) else \
+        settings.vector_text_fields
+    texts = [text for name in fields if isinstance(text := _field(value, name), str) and text.strip()]
+    return "\n\n".join(texts) if texts else None
+
+
+def _field(value: Any, dotted: str) -> Any:
+    for name in dotted.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(name)
+    return value
 
 
 class DimensionUnavailable(RuntimeError):

@@ -14,11 +14,13 @@ REQUIRED = {
     "java": "openjdk-17-jre-headless",
     "mvn": "maven",
 }
+# The retrieval benchmark's labeled set is made from WordNet's noun data (bench/wordnet_set.py).
+WORDNET = {"/usr/share/wordnet/data.noun": "wordnet-base"}
 # Only the test suite needs these: it validates compose/docker-compose*.yml without a Docker engine, and
-# runs `bench.latency --quick` (tests/bench), which loads the gateway with wrk.
-FOR_TESTS = {"docker-compose": "docker-compose", "wrk": "wrk"}
+# runs `bench.latency --quick` (tests/bench), which loads the gateway with wrk, and `bench.retrieval`.
+FOR_TESTS = {"docker-compose": "docker-compose", "wrk": "wrk", **WORDNET}
 # The benchmarks load the gateway with wrk, so that the load generator is not the bottleneck.
-FOR_BENCH = {"wrk": "wrk"}
+FOR_BENCH = {"wrk": "wrk", **WORDNET}
 
 
 def postgres_bin(name: str) -> str | None:
@@ -35,6 +37,9 @@ def _major(path: str) -> int:
 
 
 def _present(program: str) -> bool:
+    """A program on PATH, or (an absolute path) a data file a package installs."""
+    if program.startswith("/"):
+        return os.path.exists(program)
     return (postgres_bin(program) if program == "initdb" else shutil.which(program)) is not None
 
 

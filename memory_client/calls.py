@@ -319,10 +319,14 @@ def vector_search(
 
 
 def text_search(
-    text: str, top_k: int = 5, *, filter: Mapping[str, Any] | None = None
+    text: str, top_k: int = 5, *, mode: str | None = None, filter: Mapping[str, Any] | None = None
 ) -> Call[list[dict[str, Any]]]:
-    """``POST /vector/search`` with ``{"text": ...}`` (needs an embedder configured on the server)."""
+    """``POST /vector/search`` with ``{"text": ...}``: by meaning (``mode="semantic"``, the server's default,
+    embedded by its built-in embedder), by words (``"keyword"``, BM25) or both (``"hybrid"``); ``filter`` on
+    value fields (``{"kind": "fact", "score": {"$gte": 0.5}}``) and key prefix (``{"$key_prefix": "notes/"}``)."""
     body: dict[str, Any] = {"text": text, "k": top_k}
+    if mode is not None:
+        body["mode"] = mode
     if filter is not None:
         body["filter"] = dict(filter)
     return Call("POST", "vector/search", parse_matches, headers={"Content-Type": JSON}, content=encode_json(body),

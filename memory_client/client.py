@@ -184,9 +184,9 @@ class MemoryClient(_Base):
         """The ``top_k`` memories nearest to ``embedding``: ``[{key, score, value, version}]``."""
         return self._execute(calls.vector_search(embedding, top_k, filter=filter))
 
-    def search_text(self, text: str, top_k: int = 5, *,
+    def search_text(self, text: str, top_k: int = 5, *, mode: str | None = None,
                     filter: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-        return self._execute(calls.text_search(text, top_k, filter=filter))
+        return self._execute(calls.text_search(text, top_k, mode=mode, filter=filter))
 
     def history(self, key: str, *, limit: int = 100, order: str = "newest") -> list[dict[str, Any]]:
         return self._execute(calls.history(key, limit=limit, order=order))
@@ -298,9 +298,9 @@ class AsyncMemoryClient(_Base):
                     filter: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         return await self._execute(calls.vector_search(embedding, top_k, filter=filter))
 
-    async def search_text(self, text: str, top_k: int = 5, *,
+    async def search_text(self, text: str, top_k: int = 5, *, mode: str | None = None,
                           filter: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-        return await self._execute(calls.text_search(text, top_k, filter=filter))
+        return await self._execute(calls.text_search(text, top_k, mode=mode, filter=filter))
 
     async def history(self, key: str, *, limit: int = 100, order: str = "newest") -> list[dict[str, Any]]:
         return await self._execute(calls.history(key, limit=limit, order=order))

@@ -34,7 +34,15 @@ from ams.namespaces import Namespace, live
 from ams.settings import Settings
 from commands.fold import Outcome, Record
 from commands.keys import kafka_key, partition_for
-from commands.vectors import DimensionUnavailable, InvalidVector, VectorSpec, extract_vector, spec_for, tenant_specs
+from commands.vectors import (
+    DimensionUnavailable,
+    InvalidVector,
+    VectorSpec,
+    extract_vector,
+    spec_for,
+    tenant_specs,
+    value_text,
+)
 from projections.embeddings import DELETE, MARK, UPSERT, EmbeddingOp, encode_op
 from projections.redis_kv import Address, RedisSink
 from projections.redis_layout import RedisLayout
@@ -200,7 +208,7 @@ class EmbedderSink(ProjectionSink):
     def _had_vector(self, record: Record | None) -> bool:
         if record is None or record.deleted or not isinstance(record.value, dict):
             return False
-        return self.settings.vector_field in record.value or self.settings.vector_text_field in record.value
+        return self.settings.vector_field in record.value or value_text(record.value, self.settings) is not None
 
     async def _vectors(self, found: Mapping[Address, list[float] | str]) -> dict[Address, np.ndarray]:
         """Vectors for the found values (texts embedded in one batch), minus those of the wrong dimension."""
@@ -233,7 +241,7 @@ class EmbedderSink(ProjectionSink):
             try:
                 self._text = text_embedder(self.settings)
             except TextEmbedderUnavailable as error:
-                log.error("values with a %r field are not indexed: %s", self.settings.vector_text_field, error)
+                log.error("values with text fields %s are not indexed: %s", self.settings.vector_text_fields, error)
         return self._text
 
 

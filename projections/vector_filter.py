@@ -1,8 +1,10 @@
 """Metadata filters of vector search: equality and ranges on value fields, for FAISS and for Milvus.
 
-``{"kind": "fact", "score": {"gte": 0.5}, "meta.lang": {"in": ["en", "fr"]}}`` keeps the records whose
-value has ``kind == "fact"``, a number ``score >= 0.5`` and ``meta.lang`` among the two. A field missing
-from a value, or of another type than the operand, never matches. Field names are a closed grammar and
+``{"kind": "fact", "score": {"$gte": 0.5}, "meta.lang": {"$in": ["en", "fr"]}}`` keeps the records whose
+value has ``kind == "fact"``, a number ``score >= 0.5`` and ``meta.lang`` among the two (operators are
+``$eq $ne $gt $gte $lt $lte $in``; the same names without ``$`` are accepted too). ``"$key_prefix": "notes/"``
+keeps the keys that start with it. A field missing from a value, or of another type than the operand,
+never matches. Field names are a closed grammar and
 operands are only JSON scalars, so a filter can never become more than conditions on the caller's own
 records: the tenant is chosen by the token before any filter applies (its own FAISS index, its own
 Milvus collection), and Milvus string operands are escaped literals.
@@ -24,6 +26,8 @@ _FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}(\.[A-Za-z_][A-Za-z0-9_]{0,63})
 RANGE_OPS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 EQUALITY_OPS = {"eq": "==", "ne": "!="}
 OPS = (*EQUALITY_OPS, *RANGE_OPS, "in")
+KEY_PREFIX = "$key_prefix"
+KEY_PATH = ("$key",)  # a condition on the record's key, not on a value field
 
 Scalar = str | int | float | bool
 
@@ -38,7 +42,9 @@ class Condition:
     op: str
     operand: Any
 
-    def matches(self, value: Any) -> bool:
+    def matches(self, key: str, value: Any) -> bool:
+        if self.path == KEY_PATH:
+            return key.startswith(self.operand)
         for name in self.path:
             if not isinstance(value, dict) or name not in value:
                 return False
@@ -53,6 +59,9 @@ class Condition:
                 "lt": value < self.operand, "lte": value <= self.operand}[self.op]
 
     def milvus(self) -> str:
+        if self.path == KEY_PATH:
+            raise InvalidFilter(f'{KEY_PREFIX} is answered by the FAISS view: search without "backend", '
+                                'or with "backend": "faiss"')
         field = "value" + "".join(f'["{name}"]' for name in self.path)
         if self.op == "in":  # as equalities: Milvus Lite takes `in` on columns only, not on JSON paths
             return " or ".join(f"{field} == {_literal(item)}" for item in self.operand)
@@ -98,9 +107,15 @@ def parse_filter(raw: Any) -> list[Condition]:
     if raw is None:
         return []
     if not isinstance(raw, dict):
-        raise InvalidFilter('filter must be an object such as {"kind": "fact", "score": {"gte": 0.5}}')
+        raise InvalidFilter('filter must be an object such as {"kind": "fact", "score": {"$gte": 0.5}}')
     conditions: list[Condition] = []
     for field, spec in raw.items():
+        if field == KEY_PREFIX:
+            if not isinstance(spec, str) or not spec or len(spec) > MAX_STRING:
+                raise InvalidFilter(f"filter[{KEY_PREFIX!r}] must be a non-empty string of at most {MAX_STRING} "
+                                    "characters")
+            conditions.append(Condition(KEY_PATH, "prefix", spec))
+            continue
         if not isinstance(field, str) or not _FIELD.fullmatch(field):
             raise InvalidFilter(f"filter field {field!r} must be a value field name (letters, digits, _), "
                                 "optionally dotted into nested objects (at most 4 levels)")
@@ -109,9 +124,10 @@ def parse_filter(raw: Any) -> list[Condition]:
             conditions.append(Condition(path, "eq", _scalar(spec, f"filter[{field!r}]")))
             continue
         if not spec:
-            raise InvalidFilter(f"filter[{field!r}] is an empty object; use one of {', '.join(OPS)}")
-        for op, operand in spec.items():
-            where = f"filter[{field!r}][{op!r}]"
+            raise InvalidFilter(f"filter[{field!r}] is an empty object; use one of {', '.join('$' + op for op in OPS)}")
+        for written, operand in spec.items():
+            where = f"filter[{field!r}][{written!r}]"
+            op = written.removeprefix("$") if isinstance(written, str) else written
             if op == "in":
                 if not isinstance(operand, list) or not 1 <= len(operand) <= MAX_IN_VALUES:
                     raise InvalidFilter(f"{where} must be a list of 1 to {MAX_IN_VALUES} values")
@@ -119,14 +135,14 @@ def parse_filter(raw: Any) -> list[Condition]:
             elif op in EQUALITY_OPS or op in RANGE_OPS:
                 conditions.append(Condition(path, op, _scalar(operand, where, numbers_only=op in RANGE_OPS)))
             else:
-                raise InvalidFilter(f"{where}: unknown operator; use one of {', '.join(OPS)}")
+                raise InvalidFilter(f"{where}: unknown operator; use one of {', '.join('$' + op for op in OPS)}")
     if len(conditions) > MAX_CONDITIONS:
         raise InvalidFilter(f"filter has {len(conditions)} conditions; the limit is {MAX_CONDITIONS}")
     return conditions
 
 
-def matches_all(conditions: list[Condition], value: Any) -> bool:
-    return all(condition.matches(value) for condition in conditions)
+def matches_all(conditions: list[Condition], key: str, value: Any) -> bool:
+    return all(condition.matches(key, value) for condition in conditions)
 
 
 def milvus_expression(conditions: list[Condition]) -> str:

@@ -118,11 +118,17 @@ SEARCH = {
     "additionalProperties": False,
     "properties": {
         "embedding": {"type": "array", "items": {"type": "number"}, "minItems": 1, "maxItems": 4096},
-        "text": {"type": "string", "minLength": 1},
+        "text": {"type": "string", "minLength": 1, "maxLength": 4096,
+                 "description": "embedded on the server (semantic, hybrid) and split into words (keyword, hybrid)"},
+        "mode": {"type": "string", "enum": ["semantic", "keyword", "hybrid"], "default": "semantic",
+                 "description": "by meaning (embedding), by words (BM25), or both fused by reciprocal rank; "
+                                'keyword and hybrid need "text"'},
         "k": {"type": "integer", "minimum": 1, "maximum": 1000},
-        "filter": {"type": "object", "description": 'conditions on value fields: {"kind": "fact", '
-                   '"score": {"gte": 0.5}, "meta.lang": {"in": ["en", "fr"]}}'},
-        "backend": {"type": "string", "enum": ["faiss", "milvus"]},
+        "filter": {"type": "object", "description": 'conditions on value fields and the key: {"kind": "fact", '
+                   '"score": {"$gte": 0.5}, "meta.lang": {"$in": ["en", "fr"]}, "$key_prefix": "notes/"}; '
+                   "operators $eq $ne $gt $gte $lt $lte $in"},
+        "backend": {"type": "string", "enum": ["faiss", "milvus"],
+                    "description": "milvus answers the semantic mode only, without $key_prefix"},
     },
 }
 SANDBOX_SPEC = {
@@ -243,10 +249,12 @@ PATHS: dict[str, dict[str, Any]] = {
     },
     "/v1/vector/search": {
         "post": _operation(
-            "the k nearest of the tenant's vectors", "vectorSearch", "memory:read", [MIN_POSITION],
-            {"200": _ok("hits, best first", {"type": "array", "items": {"type": "object"}})},
-            _json_body(SEARCH), {**COMMON_ERRORS, "413": _error("the body is too large"),
-                                 "422": _error("a bad vector or dimension")}),
+            "search the tenant's memories by meaning, by words or both", "vectorSearch", "memory:read",
+            [MIN_POSITION],
+            {"200": _ok("hits {key, score, value, version}, best first",
+                        {"type": "array", "items": {"type": "object"}})},
+            _json_body(SEARCH), {**COMMON_ERRORS, "413": _error("the body or the text is too large"),
+                                 "422": _error("a bad vector or dimension, or a mode the backend cannot answer")}),
     },
     "/v1/vector/inventory": {
         "get": _operation(

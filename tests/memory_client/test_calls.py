@@ -187,6 +187,9 @@ def test_vector_search_sends_floats_and_k() -> None:
     filtered = calls.vector_search([0.1], filter={"kind": "fact"})
     assert json.loads(filtered.content or b"") == {"embedding": [0.1], "k": 5, "filter": {"kind": "fact"}}
     assert json.loads(calls.text_search("red apples", 2).content or b"") == {"text": "red apples", "k": 2}
+    hybrid = calls.text_search("red apples", mode="hybrid", filter={"$key_prefix": "fruit/"})
+    assert json.loads(hybrid.content or b"") == {"text": "red apples", "k": 5, "mode": "hybrid",
+                                                 "filter": {"$key_prefix": "fruit/"}}
 
 
 def test_history_and_positions() -> None:

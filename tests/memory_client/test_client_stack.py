@@ -289,3 +289,24 @@ def test_appending_to_a_stream_answers_its_position(memory: MemoryClient) -> Non
     assert second.pending
     assert second.partition == first.partition and second.offset > first.offset  # one stream, one partition
     assert second.position in (memory.session_token or "").split(",")
+
+
+# ----------------------------------------------------------------------------------------- search by text
+
+def test_search_text_finds_a_fact_by_a_paraphrase_and_by_its_words(memory: MemoryClient) -> None:
+    memory.set("facts/cat", {"text": "Our cat Luna sleeps on the windowsill all afternoon.", "kind": "pet"})
+    memory.set("facts/car", {"text": "The car needs new tyres before winter.", "kind": "chore"})
+    # The session's token makes each search wait for the writes: read-your-writes with no sleep.
+    assert memory.search_text("Where does the kitty nap?", 2)[0]["key"] == "facts/cat"
+    assert [hit["key"] for hit in memory.search_text("tyres", mode="keyword")] == ["facts/car"]
+    assert [hit["key"] for hit in memory.search_text("cat", mode="hybrid", filter={"kind": "chore"})] == ["facts/car"]
+
+
+async def test_async_search_text_takes_the_same_modes_and_filters(amemory: AsyncMemoryClient) -> None:
+    await amemory.set("facts/cat", {"text": "Our cat Luna sleeps on the windowsill all afternoon.", "kind": "pet"})
+    await amemory.set("other/cat", {"text": "Our cat Luna sleeps on the windowsill all afternoon.", "kind": "pet"})
+    found = await amemory.search_text("Where does the kitty nap?", 5, mode="semantic",
+                                      filter={"$key_prefix": "facts/"})
+    assert [hit["key"] for hit in found] == ["facts/cat"]
+    with pytest.raises(InvalidRequest, match="mode"):
+        await amemory.search_text("cat", mode="fuzzy")

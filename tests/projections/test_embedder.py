@@ -78,7 +78,7 @@ async def test_the_embedder_emits_each_keys_final_vector_state(embeddings_topic:
         Positioned(Event(PUT, tenant, "b", {"embedding": [0, 0, 1]}, ts=ts, ttl_ms=60_000), 2),
         Positioned(Event(PUT, tenant, "b", {"embedding": [1, 1, 1]}, ts=ts, if_version=99), 3),  # loses
         Positioned(Event(PUT, tenant, "c", {"embedding": [1, 1]}, ts=ts), 4),  # not the tenant's dimension
-        Positioned(Event(PUT, tenant, "d", {"text": "no text embedder is configured"}, ts=ts), 5),
+        Positioned(Event(PUT, tenant, "d", {"text": "embedded in 384 dimensions, not 3"}, ts=ts), 5),
         Positioned(Event(PUT, tenant, "e", {"embedding": [1, 0, 0]}, ts=ts), 6),
         Positioned(Event(DELETE, tenant, "e", ts=ts), 7),  # created and deleted within the batch: nothing
     ]

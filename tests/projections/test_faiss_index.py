@@ -126,7 +126,8 @@ def test_filtered_search_is_exact_over_the_matching_records() -> None:
                                                                 "score": row / 200}))
     index.flush()
     conditions = parse_filter({"kind": "fact", "score": {"gte": 0.5}})
-    hits = index.search(np.asarray([0, 1], dtype=np.float32), 5, 0, lambda value: matches_all(conditions, value))
+    hits = index.search(np.asarray([0, 1], dtype=np.float32), 5, 0,
+                        lambda key, value: matches_all(conditions, key, value))
     assert [hit.key for hit in hits] == ["k198", "k195", "k192", "k189", "k186"]
 
 

@@ -9,19 +9,19 @@ from projections.vector_filter import InvalidFilter, matches_all, milvus_express
 
 def test_equality_ranges_and_membership() -> None:
     conditions = parse_filter({"kind": "fact", "score": {"gte": 0.5, "lt": 1}, "meta.lang": {"in": ["en", "fr"]}})
-    assert matches_all(conditions, {"kind": "fact", "score": 0.5, "meta": {"lang": "fr"}})
-    assert not matches_all(conditions, {"kind": "fact", "score": 1, "meta": {"lang": "fr"}})
-    assert not matches_all(conditions, {"kind": "note", "score": 0.7, "meta": {"lang": "en"}})
-    assert not matches_all(conditions, {"kind": "fact", "score": 0.7})  # a missing field never matches
+    assert matches_all(conditions, "k", {"kind": "fact", "score": 0.5, "meta": {"lang": "fr"}})
+    assert not matches_all(conditions, "k", {"kind": "fact", "score": 1, "meta": {"lang": "fr"}})
+    assert not matches_all(conditions, "k", {"kind": "note", "score": 0.7, "meta": {"lang": "en"}})
+    assert not matches_all(conditions, "k", {"kind": "fact", "score": 0.7})  # a missing field never matches
 
 
 def test_types_are_not_coerced() -> None:
-    assert not matches_all(parse_filter({"flag": 1}), {"flag": True})
-    assert not matches_all(parse_filter({"flag": True}), {"flag": 1})
-    assert not matches_all(parse_filter({"n": "1"}), {"n": 1})
-    assert not matches_all(parse_filter({"n": {"gt": 0}}), {"n": "5"})
-    assert matches_all(parse_filter({"n": 2}), {"n": 2.0})
-    assert matches_all(parse_filter({"n": {"ne": 2}}), {"n": 3})
+    assert not matches_all(parse_filter({"flag": 1}), "k", {"flag": True})
+    assert not matches_all(parse_filter({"flag": True}), "k", {"flag": 1})
+    assert not matches_all(parse_filter({"n": "1"}), "k", {"n": 1})
+    assert not matches_all(parse_filter({"n": {"gt": 0}}), "k", {"n": "5"})
+    assert matches_all(parse_filter({"n": 2}), "k", {"n": 2.0})
+    assert matches_all(parse_filter({"n": {"ne": 2}}), "k", {"n": 3})
 
 
 @pytest.mark.parametrize("raw", [
@@ -41,3 +41,24 @@ def test_milvus_expressions_quote_every_operand() -> None:
     assert expression == ('(value["kind"] == "x\\" or deleted == true or key != \\"") and '
                           '(value["score"] >= 0.5) and (value["tag"] == "a" or value["tag"] == "b\\\\") and '
                           '(value["ok"] == false)')
+
+
+def test_dollar_operators_are_the_same_operators() -> None:
+    conditions = parse_filter({"score": {"$gte": 0.5, "$lt": 1}, "kind": {"$in": ["fact"]}, "lang": {"$ne": "de"}})
+    assert matches_all(conditions, "k", {"score": 0.5, "kind": "fact", "lang": "en"})
+    assert not matches_all(conditions, "k", {"score": 0.5, "kind": "fact", "lang": "de"})
+    assert parse_filter({"n": {"$eq": 2}}) == parse_filter({"n": {"eq": 2}})
+
+
+def test_key_prefix_matches_the_key_not_the_value() -> None:
+    conditions = parse_filter({"$key_prefix": "notes/", "kind": "fact"})
+    assert matches_all(conditions, "notes/1", {"kind": "fact"})
+    assert not matches_all(conditions, "todo/notes/1", {"kind": "fact", "$key": "notes/"})
+    with pytest.raises(InvalidFilter, match="FAISS"):
+        milvus_expression(conditions)
+
+
+@pytest.mark.parametrize("raw", [{"a": {"$like": "x"}}, {"$key_prefix": ""}, {"$key_prefix": 3}, {"$where": 1}])
+def test_unknown_dollar_forms_are_refused(raw: object) -> None:
+    with pytest.raises(InvalidFilter):
+        parse_filter(raw)

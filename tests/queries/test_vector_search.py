@@ -140,7 +140,7 @@ async def test_a_wrong_dimension_is_a_422_that_appends_nothing(settings: Setting
     ({"embedding": [1, 0, 0], "filter": {"kind": {"like": "%"}}}, 400, "invalid_filter"),
     ({"embedding": [1, "x", 0]}, 422, "invalid_vector"),
     ({"embedding": [1, 0]}, 422, "wrong_dimension"),
-    ({"text": "what did I do in Paris?"}, 422, "no_text_embedder"),
+    ({"text": "what did I do in Paris?"}, 422, "wrong_dimension"),  # the built-in embedder has 384
     ([1, 0, 0], 400, "invalid_query"),
 ])
 async def test_bad_searches_are_clear_4xx_errors(api: httpx.AsyncClient, body: object, status: int, code: str) -> None:
