@@ -78,8 +78,8 @@ async def read_records(ctx: QueryContext, tenant: str, keys: list[str]) -> list[
     return found
 
 
-async def _body(request: Request, allowed: set[str]) -> dict[str, Any]:
-    body = await read_json(request, context(request).settings.max_body_bytes)
+async def _body(request: Request, ctx: QueryContext, allowed: set[str]) -> dict[str, Any]:
+    body = await read_json(request, ctx.settings.max_body_bytes)
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_body", "the body must be a JSON object")
     unknown = sorted(set(body) - allowed)
@@ -109,27 +109,32 @@ def _prefix_bounds(prefix: str) -> tuple[bytes, bytes]:
     return b"[" + prefix.encode(), b"[" + prefix.encode() + b"\xff"
 
 
-async def _ready(request: Request) -> tuple[QueryContext, str]:
+def _caller(request: Request) -> tuple[QueryContext, str]:
+    """The namespace's read side and the tenant; authorized first, since a sandbox is resolved by its tenant."""
     principal = authorize(request, READ)
-    ctx = context(request)
+    return context(request), principal.tenant
+
+
+async def _ready(request: Request, ctx: QueryContext) -> None:
     await hot_listing_ready(ctx, await min_position(request, ctx.partitions))
-    return ctx, principal.tenant
 
 
 async def get_records(request: Request) -> Response:
-    body = await _body(request, {"keys"})
+    ctx, tenant = _caller(request)
+    body = await _body(request, ctx, {"keys"})
     keys = body.get("keys")
     if not isinstance(keys, list) or not 1 <= len(keys) <= MAX_KEYS or not all(isinstance(k, str) for k in keys):
         raise ApiError(400, "invalid_keys", f"keys must be a list of 1 to {MAX_KEYS} keys")
     for key in keys:
         check_key(key)
-    ctx, tenant = await _ready(request)
+    await _ready(request, ctx)
     records = await read_records(ctx, tenant, keys)
     return json_response({"items": [record.as_json() if record else None for record in records]})
 
 
 async def search_records(request: Request) -> Response:
-    body = await _body(request, {"prefix", "filter", "limit", "offset"})
+    ctx, tenant = _caller(request)
+    body = await _body(request, ctx, {"prefix", "filter", "limit", "offset"})
     prefix = _prefix(body)
     try:
         conditions = parse_filter(body.get("filter"))
@@ -137,7 +142,7 @@ async def search_records(request: Request) -> Response:
         raise ApiError(400, "invalid_filter", str(error)) from None
     limit = _whole(body, "limit", 10, 1, MAX_LIMIT)
     offset = _whole(body, "offset", 0, 0, MAX_OFFSET)
-    ctx, tenant = await _ready(request)
+    await _ready(request, ctx)
     matched = await _matching(ctx, tenant, prefix, conditions, offset + limit)
     return json_response({"items": [record.as_json() for record in matched[offset:offset + limit]]})
 
@@ -169,7 +174,8 @@ def _delimiter(body: dict[str, Any]) -> str:
 
 
 async def list_prefixes(request: Request) -> Response:
-    body = await _body(request, {"prefix", "delimiter", "after", "limit"})
+    ctx, tenant = _caller(request)
+    body = await _body(request, ctx, {"prefix", "delimiter", "after", "limit"})
     prefix, delimiter = _prefix(body), _delimiter(body)
     limit = _whole(body, "limit", 100, 1, MAX_LIMIT)
     lower, upper = _prefix_bounds(prefix)
@@ -178,7 +184,7 @@ async def list_prefixes(request: Request) -> Response:
         if not isinstance(after, str) or not after.startswith(prefix):
             raise ApiError(400, "invalid_after", "after must be a prefix this listing returned")
         lower = b"(" + check_prefix(after).encode() + delimiter.encode() + b"\xff"
-    ctx, tenant = await _ready(request)
+    await _ready(request, ctx)
     found: list[str] = []
     while len(found) < limit:
         keys = await indexed_keys(ctx, tenant, lower, upper, SCAN_PAGE)

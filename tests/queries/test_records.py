@@ -92,3 +92,11 @@ async def test_bad_input_is_a_400_that_says_why(api: httpx.AsyncClient, path: st
     answer = await api.post(path, json=body)
     assert answer.status_code == 400, answer.text
     assert answer.json()["error"]["code"] == code
+
+
+@pytest.mark.parametrize("path", ["/v1/records/get", "/v1/records/search", "/v1/records/prefixes"])
+async def test_a_sandbox_the_tenant_lacks_is_a_404(api: httpx.AsyncClient, path: str) -> None:
+    body = {"keys": ["a"]} if path.endswith("get") else {"delimiter": ":"}
+    answer = await api.post(path, json=body, headers={"X-AMS-Sandbox": "nosuch"})
+    assert answer.status_code == 404, answer.text
+    assert answer.json()["error"]["code"] == "no_sandbox"
