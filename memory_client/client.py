@@ -309,3 +309,13 @@ class AsyncMemoryClient(_Base):
 
     async def positions(self) -> dict[str, Any]:
         return await self.execute(calls.positions())
+
+
+def paired_clients(base_url: str, token: str, *, timeout: float = DEFAULT_TIMEOUT
+                   ) -> tuple[MemoryClient, AsyncMemoryClient]:
+    """A sync and an async client with one session, for adapters that offer both (LangGraph's and LangChain's
+    stores): whichever side wrote, either side's reads see it."""
+    sync, asynchronous = MemoryClient(base_url, token, timeout=timeout), AsyncMemoryClient(base_url, token,
+                                                                                          timeout=timeout)
+    asynchronous._session = sync._session
+    return sync, asynchronous

@@ -46,7 +46,7 @@ from langgraph.store.base import (
 
 from memory_client import calls
 from memory_client.calls import Call
-from memory_client.client import AsyncMemoryClient, MemoryClient
+from memory_client.client import paired_clients
 from memory_client.langgraph_keys import NAMESPACE_END, item_key, namespace_prefix, parse_item_key, parse_namespace
 from memory_client.models import Delete, Put
 
@@ -75,9 +75,7 @@ class AMSStore(BaseStore):
 
     def __init__(self, base_url: str, token: str, *, index: IndexConfig | None = None,
                  ttl: TTLConfig | None = None, timeout: float = 30.0) -> None:
-        self._client = MemoryClient(base_url, token, timeout=timeout)
-        self._aclient = AsyncMemoryClient(base_url, token, timeout=timeout)
-        self._aclient._session = self._client._session  # one session: async reads see sync writes and back
+        self._client, self._aclient = paired_clients(base_url, token, timeout=timeout)
         self.index_config = index
         self.ttl_config = ttl
         self.embeddings = ensure_embeddings(index["embed"]) if index and index.get("embed") else None
