@@ -1,5 +1,5 @@
-"""AMSKVStore and AMSByteStore through langchain-tests' standard suites, unchanged, on the real stack; plus
-what the suites do not check: namespaces, awkward keys, and AMS's refusals."""
+"""AMSKVStore, AMSByteStore and AMSVectorStore through langchain-tests' standard suites, unchanged, on the real
+stack; plus what the suites do not check: namespaces, awkward keys, metadata filters, and AMS's refusals."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import uuid
 from typing import Any
 
 import pytest
-from langchain_tests.integration_tests import BaseStoreAsyncTests, BaseStoreSyncTests
+from langchain_tests.integration_tests import BaseStoreAsyncTests, BaseStoreSyncTests, VectorStoreIntegrationTests
 
 from ams.settings import Settings
 from memory_client import InvalidRequest
 from memory_client.langchain import AMSByteStore, AMSKVStore
+from memory_client.langchain_vectors import AMSVectorStore
 from tests.conftest import token_for
 
 pytestmark = pytest.mark.stack
@@ -82,3 +83,21 @@ def test_bad_input_carries_amss_message_and_changes_nothing(settings: Settings) 
     assert store.mget(["fits"]) == [None]
     store.mset([("mine", 1)])
     assert AMSKVStore(f"{settings.gateway_url}/v1", _token(settings)).mget(["mine"]) == [None]
+
+
+class TestVectorStore(VectorStoreIntegrationTests):
+    @pytest.fixture
+    def vectorstore(self, settings: Settings) -> AMSVectorStore:
+        return AMSVectorStore(f"{settings.gateway_url}/v1", _token(settings), embedding=self.get_embeddings(),
+                              index="suite")
+
+
+def test_metadata_filters_and_scores(settings: Settings) -> None:
+    store = AMSVectorStore(f"{settings.gateway_url}/v1", _token(settings),
+                           embedding=VectorStoreIntegrationTests.get_embeddings())
+    store.add_texts(["foo", "bar", "baz"], [{"lang": "en", "n": 1}, {"lang": "fr", "n": 2}, {"lang": "en", "n": 3}],
+                    ids=["a", "b", "c"])
+    assert [doc.id for doc in store.similarity_search("foo", k=3, filter={"lang": "en"})] == ["a", "c"]
+    assert sorted(doc.id or "" for doc in store.similarity_search("foo", k=3, filter={"n": {"gte": 2}})) == ["b", "c"]
+    [(best, score)] = store.similarity_search_with_score("bar", k=1)
+    assert best.id == "b" and score == pytest.approx(1.0, abs=1e-4)
