@@ -2,8 +2,9 @@
 
 One tenant's memory, the tenant of the token it is given (``--token`` or ``AMS_TOKEN``), over the HTTP API
 (``--url`` or ``AMS_URL``). Tools: ``remember`` (put, with TTL and condition), ``recall`` (get), ``search``
-(by text or vector, with a filter), ``forget`` (delete), ``list`` (keys by prefix) and ``history`` (a key's
-versions). A tool that AMS refuses answers an MCP tool error carrying AMS's own code and message.
+(by text or vector, with a filter), ``forget`` (delete), ``list`` (keys by prefix), ``history`` (a key's
+versions), ``append`` and ``read_stream`` (an agent's stream of observations). A tool that AMS refuses
+answers an MCP tool error carrying AMS's own code and message.
 
 Runs over stdio (the default, for agents and IDEs that launch it) or streamable HTTP on loopback
 (``--transport http``, at ``/mcp``).
@@ -31,7 +32,8 @@ Key = Annotated[str, Field(description="a key: 1 to 512 characters of A-Z a-z 0-
 INSTRUCTIONS = ("Long-term memory (AMS). Values are any JSON, under keys such as 'user:42/preferences'. "
                 "remember writes, recall reads, list finds keys by prefix, search finds values by meaning "
                 "(text, or a vector) with optional field filters, history shows a key's past versions, "
-                "forget deletes. Every write is durable in an event log before it is acknowledged.")
+                "forget deletes; append and read_stream keep an agent's ordered log of observations. Every "
+                "write is durable in an event log before it is acknowledged.")
 
 
 def _amss_message(tool: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -113,6 +115,25 @@ def build_server(client: AsyncMemoryClient) -> MCPServer:
     async def history(key: Key, limit: Annotated[int, Field(description="how many events", ge=1, le=1000)] = 20
                       ) -> dict[str, Any]:
         return {"events": await client.history(key, limit=limit)}
+
+    @server.tool(description="Append an observation (any JSON) to an agent's stream: an append-only log, read "
+                             "back in order with read_stream.")
+    @_amss_message
+    async def append(stream: Annotated[str, Field(description="the stream's name (the key grammar), e.g. "
+                                                              "'agent:7/observations'")],
+                     observation: Annotated[Any, Field(description="any JSON value")]) -> dict[str, Any]:
+        appended = await client.append(stream, observation)
+        return {"stream": appended.key, "status": appended.status, "position": appended.position}
+
+    @server.tool(description="Read a stream's observations in order, a page at a time; pass next back as after "
+                             "to read on (null: nothing more yet).")
+    @_amss_message
+    async def read_stream(stream: Annotated[str, Field(description="the stream's name")],
+                          after: Annotated[str | None, Field(description="next of the previous page")] = None,
+                          limit: Annotated[int, Field(description="page size", ge=1, le=1000)] = 100,
+                          ) -> dict[str, Any]:
+        page = await client.read_stream(stream, after=after, limit=limit)
+        return {"items": page.items, "next": page.next}
 
     return server
 

@@ -23,7 +23,7 @@ from tests.conftest import token_for
 pytestmark = pytest.mark.stack
 
 AMS = str(Path(sys.executable).with_name("ams"))
-TOOLS = {"remember", "recall", "search", "forget", "list", "history"}
+TOOLS = {"remember", "recall", "search", "forget", "list", "history", "append", "read_stream"}
 
 
 def _environment(settings: Settings) -> dict[str, str]:
@@ -106,6 +106,11 @@ async def _round_trip(mcp_client: Client) -> None:
     assert await _call(mcp_client, "recall", key="user:1/likes") == {"key": "user:1/likes", "found": False}
     events = (await _call(mcp_client, "history", key="user:1/likes"))["events"]
     assert len(events) == 2
+    for step in range(3):
+        assert (await _call(mcp_client, "append", stream="agent:1/seen", observation={"step": step}))["position"]
+    page = await _call(mcp_client, "read_stream", stream="agent:1/seen", limit=2)
+    rest = await _call(mcp_client, "read_stream", stream="agent:1/seen", after=page["next"])
+    assert [entry["data"]["step"] for entry in page["items"] + rest["items"]] == [0, 1, 2]
 
 
 async def test_amss_refusals_arrive_as_tool_errors_with_its_message(server: Any) -> None:
