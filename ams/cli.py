@@ -85,6 +85,19 @@ def cmd_reindex(args: argparse.Namespace) -> None:
     run_reindex(get_settings(), args.view or VIEWS, args.periodic)
 
 
+def cmd_mcp(args: argparse.Namespace) -> None:
+    import os
+
+    from memory_client.mcp_server import run
+
+    token = args.token or os.environ.get("AMS_TOKEN")
+    if not token:
+        notices.print("ams mcp needs a token: --token, or AMS_TOKEN (`ams token --tenant T` prints a local one)")
+        sys.exit(2)
+    run(args.url or os.environ.get("AMS_URL") or f"{get_settings().gateway_url}/v1", token,
+        "stdio" if args.transport == "stdio" else "http", args.host, args.port)
+
+
 def cmd_token(args: argparse.Namespace) -> None:
     from ams.auth import issue_dev_token
 
@@ -246,6 +259,15 @@ def build_parser() -> argparse.ArgumentParser:
     reindex.add_argument("--view", action="append", choices=["faiss", "milvus"], help="only this view (repeatable)")
     reindex.add_argument("--periodic", type=float, metavar="SECONDS", help="run again every SECONDS, until stopped")
     reindex.set_defaults(func=cmd_reindex)
+
+    mcp = sub.add_parser("mcp", help="serve one tenant's memory as a Model Context Protocol server")
+    mcp.add_argument("--transport", choices=["stdio", "http"], default="stdio",
+                     help="stdio (default), or streamable HTTP at http://HOST:PORT/mcp")
+    mcp.add_argument("--url", help="the gateway's API root (default: AMS_URL, else this stack's gateway)")
+    mcp.add_argument("--token", help="the tenant's bearer token (default: AMS_TOKEN)")
+    mcp.add_argument("--host", default="127.0.0.1", help="with --transport http: the address to bind (loopback)")
+    mcp.add_argument("--port", type=int, default=8788, help="with --transport http: the port")
+    mcp.set_defaults(func=cmd_mcp)
 
     token = sub.add_parser("token", help="print a local development token")
     token.add_argument("--tenant", required=True)

@@ -212,6 +212,13 @@ def parse_history(response: httpx.Response) -> list[dict[str, Any]]:
     return items
 
 
+def _items(response: httpx.Response) -> list[Any]:
+    items = _json(response)["items"]
+    if not isinstance(items, list):
+        raise TypeError(f"items is not a list: {items!r}")
+    return items
+
+
 def parse_object(response: httpx.Response) -> dict[str, Any]:
     body = _json(response)
     if not isinstance(body, dict):
@@ -330,6 +337,31 @@ def text_search(
     if filter is not None:
         body["filter"] = dict(filter)
     return Call("POST", "vector/search", parse_matches, headers={"Content-Type": JSON}, content=encode_json(body),
+                read=True)
+
+
+def get_records(keys: Sequence[str]) -> Call[list[dict[str, Any] | None]]:
+    """``POST /records/get``: each key's live record (key, value, version, created, updated, expires) or None."""
+    body = encode_json({"keys": list(keys)})
+    return Call("POST", "records/get", _items, headers={"Content-Type": JSON}, content=body, read=True)
+
+
+def search_records(prefix: str, *, filter: Mapping[str, Any] | None = None, limit: int = 10,
+                   offset: int = 0) -> Call[list[dict[str, Any]]]:
+    """``POST /records/search``: the live records under ``prefix`` whose values match ``filter``, in key order."""
+    body: dict[str, Any] = {"prefix": prefix, "limit": limit, "offset": offset}
+    if filter:
+        body["filter"] = dict(filter)
+    return Call("POST", "records/search", _items, headers={"Content-Type": JSON}, content=encode_json(body), read=True)
+
+
+def record_prefixes(prefix: str, delimiter: str, *, after: str | None = None,
+                    limit: int = 1000) -> Call[dict[str, Any]]:
+    """``POST /records/prefixes``: distinct parts of live keys under ``prefix`` before the next ``delimiter``."""
+    body: dict[str, Any] = {"prefix": prefix, "delimiter": delimiter, "limit": limit}
+    if after is not None:
+        body["after"] = after
+    return Call("POST", "records/prefixes", parse_object, headers={"Content-Type": JSON}, content=encode_json(body),
                 read=True)
 
 

@@ -1,7 +1,7 @@
 """`MemoryClient` (sync) and `AsyncMemoryClient` (async) over httpx.
 
 Both are thin: every public method is one line that builds a :class:`~memory_client.calls.Call` and
-hands it to the client's single ``_execute``, which sends it (again, when the connection failed before an
+hands it to the client's single ``execute``, which sends it (again, when the connection failed before an
 answer: see :mod:`memory_client.calls`) and lets :func:`~memory_client.calls.finish` record consistency
 tokens, raise typed errors and parse the answer.
 """
@@ -101,7 +101,8 @@ class MemoryClient(_Base):
         self._http = httpx.Client(base_url=api_url(base_url), headers=_headers(token, headers), timeout=timeout,
                                   transport=transport)
 
-    def _execute(self, call: Call[T]) -> T:
+    def execute(self, call: Call[T]) -> T:
+        """Send a prepared call (`memory_client.calls`): what every method does, and what adapters build on."""
         headers = calls.request_headers(call, self._session)
         attempt = 0
         while True:
@@ -131,33 +132,33 @@ class MemoryClient(_Base):
     def set(self, key: str, value: Any, *, ttl: float | None = None, if_version: int | None = None,
             if_absent: bool = False, idempotency_key: str | None = None, wait: bool = True) -> WriteResult:
         """Store a JSON value; ``Conflict`` if a condition (``if_version``, ``if_absent``) lost."""
-        return self._execute(calls.set_value(key, value, ttl=ttl, if_version=if_version, if_absent=if_absent,
+        return self.execute(calls.set_value(key, value, ttl=ttl, if_version=if_version, if_absent=if_absent,
                                              idempotency_key=idempotency_key, wait=wait))
 
     def get(self, key: str, default: Any = RAISE) -> Any:
         """The value exactly as written; ``KeyNotFound`` if absent, unless a ``default`` is given."""
-        return self._execute(calls.get_value(key, default))
+        return self.execute(calls.get_value(key, default))
 
     def get_versioned(self, key: str) -> Versioned:
         """The value and its version, for a later ``if_version``."""
-        return self._execute(calls.get_versioned(key))
+        return self.execute(calls.get_versioned(key))
 
     def delete(self, key: str, *, if_version: int | None = None, idempotency_key: str | None = None,
                wait: bool = True) -> WriteResult:
-        return self._execute(calls.delete_value(key, if_version=if_version, idempotency_key=idempotency_key,
+        return self.execute(calls.delete_value(key, if_version=if_version, idempotency_key=idempotency_key,
                                                 wait=wait))
 
     def patch(self, key: str, patch: Mapping[str, Any], *, if_version: int | None = None, ttl: float | None = None,
               idempotency_key: str | None = None, wait: bool = True) -> WriteResult:
         """Merge an RFC 7396 patch into the value (``None`` removes a field)."""
-        return self._execute(calls.patch_value(key, patch, if_version=if_version, ttl=ttl,
+        return self.execute(calls.patch_value(key, patch, if_version=if_version, ttl=ttl,
                                                idempotency_key=idempotency_key, wait=wait))
 
     def keys(self, prefix: str = "", *, limit: int = 100) -> Iterator[KeyInfo]:
         """Every live key under ``prefix`` in key order, fetched ``limit`` at a time."""
         cursor: str | None = None
         while True:
-            page = self._execute(calls.list_keys(prefix, limit=limit, cursor=cursor))
+            page = self.execute(calls.list_keys(prefix, limit=limit, cursor=cursor))
             yield from page.items
             if page.next_cursor is None:
                 return
@@ -166,33 +167,33 @@ class MemoryClient(_Base):
     def batch(self, operations: Iterable[Operation | Mapping[str, Any]], *, idempotency_key: str | None = None,
               wait: bool = True) -> BatchResult:
         """Several ``Put``/``Delete``/``Patch`` operations appended atomically; outcomes per operation."""
-        return self._execute(calls.batch(operations, idempotency_key=idempotency_key, wait=wait))
+        return self.execute(calls.batch(operations, idempotency_key=idempotency_key, wait=wait))
 
     # streams
 
     def append(self, stream: str, observation: Any, *, idempotency_key: str | None = None,
                wait: bool = True) -> WriteResult:
-        return self._execute(calls.append(stream, observation, idempotency_key=idempotency_key, wait=wait))
+        return self.execute(calls.append(stream, observation, idempotency_key=idempotency_key, wait=wait))
 
     def read_stream(self, stream: str, *, after: Any = None, limit: int = 100) -> StreamPage:
-        return self._execute(calls.read_stream(stream, after=after, limit=limit))
+        return self.execute(calls.read_stream(stream, after=after, limit=limit))
 
     # search, history, positions
 
     def query(self, embedding: Sequence[float], top_k: int = 5, *,
               filter: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         """The ``top_k`` memories nearest to ``embedding``: ``[{key, score, value, version}]``."""
-        return self._execute(calls.vector_search(embedding, top_k, filter=filter))
+        return self.execute(calls.vector_search(embedding, top_k, filter=filter))
 
     def search_text(self, text: str, top_k: int = 5, *, mode: str | None = None,
                     filter: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-        return self._execute(calls.text_search(text, top_k, mode=mode, filter=filter))
+        return self.execute(calls.text_search(text, top_k, mode=mode, filter=filter))
 
     def history(self, key: str, *, limit: int = 100, order: str = "newest") -> list[dict[str, Any]]:
-        return self._execute(calls.history(key, limit=limit, order=order))
+        return self.execute(calls.history(key, limit=limit, order=order))
 
     def positions(self) -> dict[str, Any]:
-        return self._execute(calls.positions())
+        return self.execute(calls.positions())
 
 
 class AsyncMemoryClient(_Base):
@@ -218,7 +219,8 @@ class AsyncMemoryClient(_Base):
         self._http = httpx.AsyncClient(base_url=api_url(base_url), headers=_headers(token, headers),
                                        timeout=timeout, transport=transport)
 
-    async def _execute(self, call: Call[T]) -> T:
+    async def execute(self, call: Call[T]) -> T:
+        """Send a prepared call (`memory_client.calls`): what every method does, and what adapters build on."""
         headers = calls.request_headers(call, self._session)
         attempt = 0
         while True:
@@ -248,31 +250,31 @@ class AsyncMemoryClient(_Base):
     async def set(self, key: str, value: Any, *, ttl: float | None = None, if_version: int | None = None,
                   if_absent: bool = False, idempotency_key: str | None = None, wait: bool = True) -> WriteResult:
         """Store a JSON value; ``Conflict`` if a condition (``if_version``, ``if_absent``) lost."""
-        return await self._execute(calls.set_value(key, value, ttl=ttl, if_version=if_version, if_absent=if_absent,
+        return await self.execute(calls.set_value(key, value, ttl=ttl, if_version=if_version, if_absent=if_absent,
                                                    idempotency_key=idempotency_key, wait=wait))
 
     async def get(self, key: str, default: Any = RAISE) -> Any:
         """The value exactly as written; ``KeyNotFound`` if absent, unless a ``default`` is given."""
-        return await self._execute(calls.get_value(key, default))
+        return await self.execute(calls.get_value(key, default))
 
     async def get_versioned(self, key: str) -> Versioned:
-        return await self._execute(calls.get_versioned(key))
+        return await self.execute(calls.get_versioned(key))
 
     async def delete(self, key: str, *, if_version: int | None = None, idempotency_key: str | None = None,
                      wait: bool = True) -> WriteResult:
-        return await self._execute(calls.delete_value(key, if_version=if_version, idempotency_key=idempotency_key,
+        return await self.execute(calls.delete_value(key, if_version=if_version, idempotency_key=idempotency_key,
                                                       wait=wait))
 
     async def patch(self, key: str, patch: Mapping[str, Any], *, if_version: int | None = None,
                     ttl: float | None = None, idempotency_key: str | None = None, wait: bool = True) -> WriteResult:
-        return await self._execute(calls.patch_value(key, patch, if_version=if_version, ttl=ttl,
+        return await self.execute(calls.patch_value(key, patch, if_version=if_version, ttl=ttl,
                                                      idempotency_key=idempotency_key, wait=wait))
 
     async def keys(self, prefix: str = "", *, limit: int = 100) -> AsyncIterator[KeyInfo]:
         """Every live key under ``prefix`` in key order (``async for``), fetched ``limit`` at a time."""
         cursor: str | None = None
         while True:
-            page = await self._execute(calls.list_keys(prefix, limit=limit, cursor=cursor))
+            page = await self.execute(calls.list_keys(prefix, limit=limit, cursor=cursor))
             for item in page.items:
                 yield item
             if page.next_cursor is None:
@@ -281,29 +283,39 @@ class AsyncMemoryClient(_Base):
 
     async def batch(self, operations: Iterable[Operation | Mapping[str, Any]], *,
                     idempotency_key: str | None = None, wait: bool = True) -> BatchResult:
-        return await self._execute(calls.batch(operations, idempotency_key=idempotency_key, wait=wait))
+        return await self.execute(calls.batch(operations, idempotency_key=idempotency_key, wait=wait))
 
     # streams
 
     async def append(self, stream: str, observation: Any, *, idempotency_key: str | None = None,
                      wait: bool = True) -> WriteResult:
-        return await self._execute(calls.append(stream, observation, idempotency_key=idempotency_key, wait=wait))
+        return await self.execute(calls.append(stream, observation, idempotency_key=idempotency_key, wait=wait))
 
     async def read_stream(self, stream: str, *, after: Any = None, limit: int = 100) -> StreamPage:
-        return await self._execute(calls.read_stream(stream, after=after, limit=limit))
+        return await self.execute(calls.read_stream(stream, after=after, limit=limit))
 
     # search, history, positions
 
     async def query(self, embedding: Sequence[float], top_k: int = 5, *,
                     filter: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-        return await self._execute(calls.vector_search(embedding, top_k, filter=filter))
+        return await self.execute(calls.vector_search(embedding, top_k, filter=filter))
 
     async def search_text(self, text: str, top_k: int = 5, *, mode: str | None = None,
                           filter: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-        return await self._execute(calls.text_search(text, top_k, mode=mode, filter=filter))
+        return await self.execute(calls.text_search(text, top_k, mode=mode, filter=filter))
 
     async def history(self, key: str, *, limit: int = 100, order: str = "newest") -> list[dict[str, Any]]:
-        return await self._execute(calls.history(key, limit=limit, order=order))
+        return await self.execute(calls.history(key, limit=limit, order=order))
 
     async def positions(self) -> dict[str, Any]:
-        return await self._execute(calls.positions())
+        return await self.execute(calls.positions())
+
+
+def paired_clients(base_url: str, token: str, *, timeout: float = DEFAULT_TIMEOUT
+                   ) -> tuple[MemoryClient, AsyncMemoryClient]:
+    """A sync and an async client with one session, for adapters that offer both (LangGraph's and LangChain's
+    stores): whichever side wrote, either side's reads see it."""
+    sync, asynchronous = MemoryClient(base_url, token, timeout=timeout), AsyncMemoryClient(base_url, token,
+                                                                                          timeout=timeout)
+    asynchronous._session = sync._session
+    return sync, asynchronous

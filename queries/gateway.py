@@ -30,7 +30,7 @@ from ams.settings import Settings
 from commands import batch as command_batch
 from commands import http as command_http
 from commands.log import EventLog
-from queries import events, history, kv, openapi, streams, vectors, watch
+from queries import events, history, kv, openapi, records, streams, vectors, watch
 from queries.context import authorize, context
 from queries.namespaces import GatewayNamespaces, SandboxesKnown
 from replay import http as replay_http
@@ -137,6 +137,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/metrics", metrics),
         *openapi.routes,
         Route("/v1/positions", positions),
+        *records.routes,
         *streams.routes,
         *events.routes,
         *watch.routes,

@@ -67,18 +67,12 @@ async def list_keys(request: Request) -> Response:
     ctx = context(request)
     prefix = check_prefix(request.query_params.get("prefix", ""))
     limit = _limit(request)
-    await _hot_listing_ready(ctx, await min_position(request, ctx.partitions))
+    await hot_listing_ready(ctx, await min_position(request, ctx.partitions))
     lower, upper = _page_bounds(prefix, request.query_params.get("cursor"))
     items: list[dict[str, object]] = []
     exhausted = False
     while len(items) < limit and not exhausted:
-        # Each partition keeps its own index; merging their first `limit` keys gives the next page.
-        async with ctx.redis.pipeline(transaction=False) as pipe:
-            for partition in range(ctx.partitions):
-                pipe.zrangebylex(ctx.applied.layout_of(partition).index(partition, principal.tenant), lower, upper,
-                                 0, limit)
-            found = await pipe.execute()
-        candidates = sorted(key.decode() for keys in found for key in keys)[:limit]
+        candidates = await indexed_keys(ctx, principal.tenant, lower, upper, limit)
         exhausted = len(candidates) < limit
         live = await _live_versions(ctx, principal.tenant, candidates)
         items += [{"key": key, "version": live[key]} for key in candidates if key in live][: limit - len(items)]
@@ -90,7 +84,17 @@ async def list_keys(request: Request) -> Response:
     return json_response({"items": items, "next_cursor": next_cursor})
 
 
-async def _hot_listing_ready(ctx: QueryContext, positions: dict[int, int]) -> None:
+async def indexed_keys(ctx: QueryContext, tenant: str, lower: bytes, upper: bytes, limit: int) -> list[str]:
+    """The first ``limit`` keys of the tenant's index between ZRANGEBYLEX bounds, live or dead: each partition
+    keeps its own index, and merging their first ``limit`` keys gives the next page."""
+    async with ctx.redis.pipeline(transaction=False) as pipe:
+        for partition in range(ctx.partitions):
+            pipe.zrangebylex(ctx.applied.layout_of(partition).index(partition, tenant), lower, upper, 0, limit)
+        found = await pipe.execute()
+    return sorted(key.decode() for keys in found for key in keys)[:limit]
+
+
+async def hot_listing_ready(ctx: QueryContext, positions: dict[int, int]) -> None:
     """A listing reads every partition of the hot projection: each must be complete and past the token."""
     if not await ctx.applied.wait_applied(positions, ctx.settings.read_wait_timeout):
         raise ApiError(504, "consistency_timeout", f"the hot projection has not reached the requested position "

@@ -131,6 +131,31 @@ SEARCH = {
                     "description": "milvus answers the semantic mode only, without $key_prefix"},
     },
 }
+RECORD_FILTER = {"type": "object", "description": 'conditions on value fields, as in vector search: {"kind": '
+                 '"fact", "score": {"gte": 0.5}, "meta.lang": {"in": ["en", "fr"]}}'}
+RECORDS_GET = {
+    "type": "object", "required": ["keys"], "additionalProperties": False,
+    "properties": {"keys": {"type": "array", "items": {"type": "string", "pattern": KEY_PATTERN},
+                            "minItems": 1, "maxItems": 1000}},
+}
+RECORDS_SEARCH = {
+    "type": "object", "additionalProperties": False,
+    "properties": {"prefix": {"type": "string", "pattern": PREFIX_PATTERN}, "filter": RECORD_FILTER,
+                   "limit": {"type": "integer", "minimum": 1, "maximum": 1000},
+                   "offset": {"type": "integer", "minimum": 0, "maximum": 10000}},
+}
+RECORDS_PREFIXES = {
+    "type": "object", "required": ["delimiter"], "additionalProperties": False,
+    "properties": {"prefix": {"type": "string", "pattern": PREFIX_PATTERN},
+                   "delimiter": {"type": "string", "pattern": r"^[A-Za-z0-9_\-.:/@=+]{1,8}$"},
+                   "after": {"type": "string", "pattern": PREFIX_PATTERN},
+                   "limit": {"type": "integer", "minimum": 1, "maximum": 1000}},
+}
+RECORD = {"type": "object", "required": ["key", "value", "version", "created", "updated", "expires"],
+          "properties": {"key": {"type": "string"}, "value": ANY_JSON, "version": {"type": "integer"},
+                         "created": {"type": "integer"}, "updated": {"type": "integer"},
+                         "expires": {"type": "integer", "nullable": True}}}
+RECORD_ERRORS = {**COMMON_ERRORS, "413": _error("the body is too large")}
 SANDBOX_SPEC = {
     "type": "object",
     "required": ["name"],
@@ -199,6 +224,29 @@ PATHS: dict[str, dict[str, Any]] = {
              _query("cursor", "next_cursor of the previous page", {"type": "string"}), AS_OF, SANDBOX,
              MIN_POSITION],
             {"200": _ok("a page of keys")}),
+    },
+    "/v1/records/get": {
+        "post": _operation(
+            "many keys' live records with their metadata, in the order asked (null when absent)", "getRecords",
+            "memory:read", [SANDBOX, MIN_POSITION],
+            {"200": _ok("the records", {"type": "object", "properties": {"items": {
+                "type": "array", "items": {**RECORD, "nullable": True}}}})},
+            _json_body(RECORDS_GET), RECORD_ERRORS),
+    },
+    "/v1/records/search": {
+        "post": _operation(
+            "the live records under a key prefix whose values match a filter, in key order", "searchRecords",
+            "memory:read", [SANDBOX, MIN_POSITION],
+            {"200": _ok("a page of records", {"type": "object", "properties": {"items": {
+                "type": "array", "items": RECORD}}})},
+            _json_body(RECORDS_SEARCH), RECORD_ERRORS),
+    },
+    "/v1/records/prefixes": {
+        "post": _operation(
+            "the distinct parts of live keys under a prefix that end before the first delimiter after it",
+            "listRecordPrefixes", "memory:read", [SANDBOX, MIN_POSITION],
+            {"200": _ok("prefixes in key order, and next_after when there may be more", {"type": "object"})},
+            _json_body(RECORDS_PREFIXES), RECORD_ERRORS),
     },
     "/v1/batch": {
         "post": _operation(

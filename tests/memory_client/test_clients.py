@@ -1,7 +1,7 @@
 """Both clients over httpx.MockTransport: what goes on the wire, what comes back, and the session token.
 
 Every test runs against the sync and the async client alike (the ``client`` fixture), since both are one
-``_execute`` over the same calls.
+``execute`` over the same calls.
 """
 
 from __future__ import annotations
