@@ -146,5 +146,8 @@ def create_app(settings: Settings) -> Starlette:
         routes=routes,
         lifespan=lifespan,
         exception_handlers={**EXCEPTION_HANDLERS, **PROJECTION_DOWN_HANDLERS},  # type: ignore[dict-item]
-        middleware=[Middleware(BodyLimitMiddleware, limit=settings.max_body_bytes), Middleware(SandboxesKnown)],
+        middleware=[
+            Middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, timeout=settings.body_timeout_seconds),
+            Middleware(SandboxesKnown),
+        ],
     )
