@@ -10,7 +10,8 @@ A sandbox's names come from one function, `sandbox_names`, and never collide: ea
 read alike once shortened or once their punctuation is folded (``a-b``/``c`` and ``a``/``b-c`` in a
 PostgreSQL schema, ``.`` and ``_`` which Kafka treats as one in topic names) still get different names. Each
 name keeps to its backend's characters and length: Kafka topics ``[a-zA-Z0-9._-]``, at most 249; PostgreSQL
-identifiers ``[a-z0-9_]`` starting with a letter, at most 63 bytes; Redis keys anything.
+identifiers ``[a-z0-9_]`` starting with a letter, at most 63 bytes (the schema's, with the suffixes of the
+identifiers named after it); Redis keys anything.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ ALL_TENANTS = "all"  # the owner part of a sandbox made of every tenant's events
 HASH_CHARS = 16  # hex digits of the pair's SHA-256 kept in every name: 64 bits
 MAX_TOPIC = 249  # Kafka's limit on a topic's name
 MAX_IDENTIFIER = 63  # PostgreSQL's limit on an identifier, in bytes
+# The schema's name is also the stem of other identifiers: its NOTIFY channel, `<schema>_applied`
+# (projections/postgres_schema.py). A sandbox's schema leaves room for the longest suffix.
+SCHEMA_SUFFIX_ROOM = len("_applied")
 TOPIC_CHARS = re.compile(r"[a-zA-Z0-9._-]+")
 SCHEMA_CHARS = re.compile(r"[a-z_][a-z0-9_]*")
 
@@ -78,7 +82,8 @@ def _topic(base: str, owner: str, name: str, digest: str) -> str:
 
 
 def _schema(owner: str, name: str, digest: str) -> str:
-    readable = _readable(owner, name, "_", MAX_IDENTIFIER - len("sb__") - len(digest)).replace("-", "_")
+    room = MAX_IDENTIFIER - SCHEMA_SUFFIX_ROOM - len("sb__") - len(digest)
+    readable = _readable(owner, name, "_", room).replace("-", "_")
     return f"sb_{readable}_{digest}"
 
 

@@ -17,6 +17,7 @@ from ams.namespaces import (
     sandbox,
 )
 from ams.settings import Settings
+from projections.postgres_schema import applied_channel
 
 SETTINGS = Settings()
 tenants = st.from_regex(r"[a-z0-9][a-z0-9_-]{0,63}", fullmatch=True) | st.just(ALL_TENANTS)
@@ -34,7 +35,8 @@ def assert_valid(namespace: Namespace) -> None:
     for topic in namespace.topics:
         assert TOPIC_CHARS.fullmatch(topic) and len(topic) <= MAX_TOPIC, topic
     assert SCHEMA_CHARS.fullmatch(namespace.postgres_schema), namespace.postgres_schema
-    assert len(namespace.postgres_schema.encode()) <= MAX_IDENTIFIER, namespace.postgres_schema
+    for identifier in (namespace.postgres_schema, applied_channel(namespace.postgres_schema)):
+        assert len(identifier.encode()) <= MAX_IDENTIFIER, identifier
 
 
 @settings(max_examples=500, deadline=None)
@@ -62,5 +64,5 @@ def test_the_longest_owner_and_name_still_fit_every_backend() -> None:
     owner, name = "o" * 64, "n" * 48
     namespace = sandbox(SETTINGS, owner, name)
     assert_valid(namespace)
-    assert len(namespace.postgres_schema) == MAX_IDENTIFIER
+    assert len(applied_channel(namespace.postgres_schema)) == MAX_IDENTIFIER
     assert namespace.postgres_schema != sandbox(SETTINGS, owner, name[:-1] + "m").postgres_schema
