@@ -20,6 +20,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 TICK_SECONDS = 1.0
+LINGER_SECONDS = 1.0
 
 
 class QuietServer(uvicorn.Server):
@@ -46,15 +47,16 @@ class QuietServer(uvicorn.Server):
 
 
 class BoundedHttp(HttpToolsProtocol):
-    """Bytes are counted as they arrive while a request's head is incomplete, so the bound holds before
-    httptools has buffered a whole header; a chunk that also completes the head is not held against it."""
+    """A head is measured twice: its line and headers as httptools parses them (exact, checked once the head
+    is complete), and the bytes received while it is incomplete (so that a header too large is cut off
+    before httptools has buffered all of it, not after)."""
 
     max_header_bytes = 32 << 10
     header_timeout = 10.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._in_head, self._head_bytes = True, 0
+        self._in_head, self._received_in_head, self._head_size, self._refused = True, 0, 0, False
         self._head_timer: asyncio.TimerHandle | None = None
         self._time_head()
 
@@ -63,25 +65,48 @@ class BoundedHttp(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
         if self._in_head:
-            self._head_bytes += len(data)
+            self._received_in_head += len(data)
         super().data_received(data)
-        if self._in_head and self._head_bytes > self.max_header_bytes and not self.transport.is_closing():
-            self._refuse(431, "Request Header Fields Too Large", "headers_too_large",
-                         f"the request line and headers pass the limit of {self.max_header_bytes} bytes")
+        if self._in_head and self._received_in_head > self.max_header_bytes:
+            self._refuse_large_head()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._head_size = 0
         self._time_head()
+
+    def on_url(self, url: bytes) -> None:
+        self._head_size += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4  # ": " and CRLF
+        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._stop_head_timer()
+        if self._head_size > self.max_header_bytes:
+            self._refuse_large_head()
+            return
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
+        if self._refused:
+            return
         super().on_message_complete()
-        self._in_head, self._head_bytes = True, 0
+        self._in_head, self._received_in_head = True, 0
+
+    def _refuse_large_head(self) -> None:
+        self._refuse(431, "Request Header Fields Too Large", "headers_too_large",
+                     f"the request line and headers pass the limit of {self.max_header_bytes} bytes")
 
     def _time_head(self) -> None:
         if self._head_timer is None:
@@ -103,11 +128,19 @@ class BoundedHttp(HttpToolsProtocol):
             self.transport.close()
 
     def _refuse(self, status: int, reason: str, code: str, message: str) -> None:
+        """Answer with a JSON error and end the connection. What the client still sends is read and dropped
+        for up to ``LINGER_SECONDS``: closed at once with unread data, the connection would be reset, and a
+        client still sending would lose the answer."""
+        self._refused = True
+        if self.transport.is_closing():
+            return
         body = orjson.dumps({"error": {"code": code, "message": message}})
         head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
                 f"content-length: {len(body)}\r\nconnection: close\r\n\r\n")
         self.transport.write(head.encode() + body)
-        self.transport.close()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
 
 def bounded_http(max_header_bytes: int, header_timeout: float) -> type[BoundedHttp]:
