@@ -125,7 +125,7 @@ async def wait_for_views(api: httpx.AsyncClient, store: MilvusStore, target: dic
         while True:
             vectors = (await api.get("/v1/positions")).json()["projections"]["vectors"]
             faiss_done = sum(min(vectors[str(p)]["applied"], offset) + 1 for p, offset in target.items())
-            marks = await asyncio.to_thread(store.checkpoints)
+            marks = await asyncio.to_thread(store.checkpoints, target)
             milvus_done = sum(min(marks.get(p, (-1, -1))[1], offset) + 1 for p, offset in target.items())
             bar.update(faiss_task, completed=faiss_done)
             bar.update(milvus_task, completed=milvus_done)
