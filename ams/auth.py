@@ -2,6 +2,11 @@
 
 The tenant comes only from a claim of a verified token, never from the path, body or query. Accepted
 algorithms are fixed by configuration and never taken from the token's header.
+
+Being the operator (rebuilds, which affect every tenant) is a scope of its own, ``memory:operator``, that
+the operator's identity provider grants; no tenant name makes a caller the operator, and ``memory:admin``
+(a tenant's own sandboxes) does not imply it. Names AMS gives a meaning to (``all``: the owner of a sandbox
+of every tenant) are refused as tenants, when a token is issued and when one is verified.
 """
 
 from __future__ import annotations
@@ -13,13 +18,16 @@ from functools import cached_property
 
 import jwt
 
+from ams.namespaces import ALL_TENANTS
 from ams.settings import Settings
 from commands.keys import InvalidName, check_tenant
 
 READ = "memory:read"
 WRITE = "memory:write"
 ADMIN = "memory:admin"
-SCOPES = (READ, WRITE, ADMIN)
+OPERATOR = "memory:operator"
+SCOPES = (READ, WRITE, ADMIN, OPERATOR)
+RESERVED_TENANTS = frozenset({ALL_TENANTS})
 
 
 class Unauthorized(Exception):
@@ -37,8 +45,29 @@ class Principal:
     scopes: frozenset[str]
 
     def require(self, scope: str) -> None:
-        if scope not in self.scopes and ADMIN not in self.scopes:
+        """``memory:admin`` stands for every tenant scope; ``memory:operator`` only for itself."""
+        if scope not in self.scopes and (scope == OPERATOR or ADMIN not in self.scopes):
             raise Forbidden(f"this request needs the scope {scope!r}; the token has {sorted(self.scopes) or 'none'}")
+
+
+def check_token_tenant(tenant: str) -> str:
+    """A tenant a token may name: the tenant grammar, and none of the names AMS gives a meaning to."""
+    check_tenant(tenant)
+    if tenant in RESERVED_TENANTS:
+        raise InvalidName(f"tenant {tenant!r} is reserved (reserved: {', '.join(sorted(RESERVED_TENANTS))})")
+    return tenant
+
+
+def token_scopes(raw: object) -> frozenset[str]:
+    """The ``scope`` (or ``scp``) claim: a space-separated string or a list of strings (RFC 8693, 9068)."""
+    if raw is None:
+        return frozenset()
+    if isinstance(raw, str):
+        return frozenset(raw.split())
+    if isinstance(raw, list) and all(isinstance(scope, str) for scope in raw):
+        return frozenset(raw)
+    raise Unauthorized("invalid token: the 'scope' claim must be a space-separated string or a list of strings, "
+                       f"got {type(raw).__name__}")
 
 
 # A verified token is remembered until it expires, for at most this long (so a rotated JWKS key or a
@@ -101,19 +130,18 @@ class TokenVerifier:
         if not isinstance(tenant, str):
             raise Unauthorized(f"invalid token: no {self.settings.tenant_claim!r} claim naming the tenant")
         try:
-            check_tenant(tenant)
+            check_token_tenant(tenant)
         except InvalidName as error:
             raise Unauthorized(f"invalid token: {error}") from None
-        raw_scopes = claims.get("scope", claims.get("scp", ""))
-        scopes = raw_scopes.split() if isinstance(raw_scopes, str) else list(raw_scopes or [])
-        return Principal(tenant, str(claims["sub"]), frozenset(str(scope) for scope in scopes)), float(claims["exp"])
+        scopes = token_scopes(claims.get("scope", claims.get("scp")))
+        return Principal(tenant, str(claims["sub"]), scopes), float(claims["exp"])
 
 
 def issue_dev_token(
     settings: Settings, tenant: str, scopes: list[str], *, subject: str = "dev", ttl: int = 86400
 ) -> str:
     """A token signed with the local development secret (HS256)."""
-    check_tenant(tenant)
+    check_token_tenant(tenant)
     unknown = set(scopes) - set(SCOPES)
     if unknown:
         raise SystemExit(f"unknown scopes {sorted(unknown)}; choose from {', '.join(SCOPES)}")

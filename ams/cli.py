@@ -100,8 +100,12 @@ def cmd_mcp(args: argparse.Namespace) -> None:
 
 def cmd_token(args: argparse.Namespace) -> None:
     from ams.auth import issue_dev_token
+    from commands.keys import InvalidName
 
-    print(issue_dev_token(get_settings(), args.tenant, args.scope, subject=args.subject, ttl=args.ttl))
+    try:
+        print(issue_dev_token(get_settings(), args.tenant, args.scope, subject=args.subject, ttl=args.ttl))
+    except InvalidName as error:
+        raise SystemExit(str(error)) from None
 
 
 def cmd_log_export(args: argparse.Namespace) -> None:
@@ -272,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     token = sub.add_parser("token", help="print a local development token")
     token.add_argument("--tenant", required=True)
     token.add_argument(
-        "--scope", nargs="+", default=["memory:read", "memory:write"], help="memory:read memory:write memory:admin"
+        "--scope", nargs="+", default=["memory:read", "memory:write"],
+        help="memory:read memory:write memory:admin (the tenant's sandboxes), memory:operator (rebuilds)"
     )
     token.add_argument("--subject", default="dev")
     token.add_argument("--ttl", type=int, default=24 * 3600, help="seconds until it expires")

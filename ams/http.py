@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import OrderedDict
@@ -102,14 +103,16 @@ EXCEPTION_HANDLERS = {
 
 
 class BodyLimitMiddleware:
-    """Refuses a body larger than ``limit`` bytes with 413, before it is read whole.
+    """Refuses a body larger than ``limit`` bytes with 413, before it is read whole, and one that does not
+    arrive within ``timeout`` seconds with 408.
 
     A declared Content-Length over the limit is refused at once; a chunked body is counted as it
-    streams in and cut off as soon as it passes the limit.
+    streams in and cut off as soon as it passes the limit. The timeout runs from the first read of the body
+    to its last part; reads after that (a streaming response waiting for the client to leave) are not timed.
     """
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limit: int, timeout: float) -> None:
+        self.app, self.limit, self.timeout = app, limit, timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -119,15 +122,26 @@ class BodyLimitMiddleware:
             if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
                 await self._refuse(scope, receive, send)
                 return
-        received = 0
+        received, deadline, complete = 0, 0.0, False
 
         async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, deadline, complete
+            if complete:
+                return await receive()
+            deadline = deadline or asyncio.get_running_loop().time() + self.timeout
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise ApiError(408, "body_timeout", f"the request body did not arrive within {self.timeout:g}s, "
+                               f"{received} bytes came") from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
                     raise ApiError(413, "body_too_large", self._message())
+                complete = not message.get("more_body", False)
+            else:
+                complete = True
             return message
 
         await self.app(scope, counting_receive, send)

@@ -14,6 +14,8 @@ from functools import cache
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Signs the tokens of `ams token` on a developer's machine; a gateway exposed to others refuses it.
+DEVELOPMENT_JWT_SECRET = "ams-local-development-secret-not-for-production"
 
 
 def _env(name: str, default: str) -> str:
@@ -159,7 +161,7 @@ class Settings:
 
     # Auth: OAuth2 bearer JWTs. The algorithms are fixed here, never taken from a token.
     jwt_secret: str = field(
-        default_factory=lambda: _env("JWT_SECRET", "ams-local-development-secret-not-for-production")
+        default_factory=lambda: _env("JWT_SECRET", DEVELOPMENT_JWT_SECRET)
     )
     jwt_algorithms: tuple[str, ...] = field(
         default_factory=lambda: tuple(_env("JWT_ALGORITHMS", "HS256").split(","))
@@ -169,8 +171,30 @@ class Settings:
     jwt_public_key: str = field(default_factory=lambda: _env("JWT_PUBLIC_KEY", ""))
     jwks_url: str = field(default_factory=lambda: _env("JWKS_URL", ""))
     tenant_claim: str = field(default_factory=lambda: _env("TENANT_CLAIM", "tenant"))
-    # Admin tokens of this tenant may run operations that affect every tenant (rebuilds).
-    operator_tenant: str = field(default_factory=lambda: _env("OPERATOR_TENANT", "ops"))
+
+    # The doors (issue 19): what the gateway and the workers' metrics pages take, and who may take them.
+    # "development" (the default) or "production"; production, or a gateway on a non-loopback address,
+    # refuses the development JWT secret and short secrets (ams/security.py).
+    env: str = field(default_factory=lambda: _env("ENV", "development"))
+    # TLS for the gateway: a PEM certificate (chain) and its key; both or neither.
+    tls_certfile: str = field(default_factory=lambda: _env("TLS_CERTFILE", ""))
+    tls_keyfile: str = field(default_factory=lambda: _env("TLS_KEYFILE", ""))
+    # A request's line and headers: at most this many bytes (431 past it), received within this many
+    # seconds of the connection's first byte or the previous response (408 past it).
+    max_header_bytes: int = field(default_factory=lambda: _env_int("MAX_HEADER_BYTES", 32 << 10))
+    header_timeout_seconds: float = field(default_factory=lambda: _env_float("HEADER_TIMEOUT_SECONDS", 10.0))
+    # A request's body must arrive within this long once its headers have (408 past it).
+    body_timeout_seconds: float = field(default_factory=lambda: _env_float("BODY_TIMEOUT_SECONDS", 30.0))
+    # An idle keep-alive connection is closed after this long.
+    idle_timeout_seconds: float = field(default_factory=lambda: _env_float("IDLE_TIMEOUT_SECONDS", 5.0))
+    # Open connections per gateway process; past it, new requests are answered 503 at once.
+    max_connections: int = field(default_factory=lambda: _env_int("MAX_CONNECTIONS", 1000))
+    max_sandboxes_per_tenant: int = field(default_factory=lambda: _env_int("MAX_SANDBOXES_PER_TENANT", 64))
+    # The projection workers' metrics and health pages: where they listen, the bearer token they ask for
+    # (required off loopback), and whether their metrics may name tenants (a sandbox's owner and name).
+    metrics_host: str = field(default_factory=lambda: _env("METRICS_HOST", "127.0.0.1"))
+    metrics_token: str = field(default_factory=lambda: _env("METRICS_TOKEN", ""))
+    metrics_tenant_labels: bool = field(default_factory=lambda: _env("METRICS_TENANT_LABELS", "") == "1")
 
     def __post_init__(self) -> None:
         if self.gateway_processes < 1:

@@ -101,13 +101,25 @@ def format_positions(positions: dict[int, int]) -> str:
     return ",".join(f"{partition}:{offset}" for partition, offset in sorted(positions.items()))
 
 
+# Kafka numbers partitions with 32-bit and offsets with 64-bit signed integers: a position past them is no
+# position of any log (and would overflow where it is passed on).
+MAX_PARTITION = (1 << 31) - 1
+MAX_OFFSET = (1 << 63) - 1
+_MAX_DIGITS = len(str(MAX_OFFSET))
+
+
 def parse_positions(token: str) -> dict[int, int]:
     """Parse ``"0:15,3:42"``; raise InvalidName with the reason when it is not a token."""
     positions: dict[int, int] = {}
     for part in filter(None, (piece.strip() for piece in token.split(","))):
         partition, colon, offset = part.partition(":")
-        if not colon or not partition.isdigit() or not offset.isdigit():
-            raise InvalidName(f"consistency token {token!r} must look like '0:15,3:42' (partition:offset, ...)")
+        if not colon or not partition.isascii() or not partition.isdigit() or not offset.isascii() \
+                or not offset.isdigit():
+            raise InvalidName(f"consistency token {token[:100]!r} must look like '0:15,3:42' (partition:offset, ...)")
+        if len(partition) > _MAX_DIGITS or len(offset) > _MAX_DIGITS or int(partition) > MAX_PARTITION \
+                or int(offset) > MAX_OFFSET:
+            raise InvalidName(f"consistency token {token[:100]!r} names a partition past {MAX_PARTITION} or an "
+                              f"offset past {MAX_OFFSET}: no Kafka log has it")
         positions[int(partition)] = max(int(offset), positions.get(int(partition), -1))
     if len(positions) > 4096:
         raise InvalidName("consistency token names more than 4096 partitions")

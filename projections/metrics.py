@@ -9,3 +9,5 @@ DEAD_LETTERED = Counter("ams_projection_dead_lettered", "Records sent to the dea
 RETRIES = Counter("ams_projection_retries", "Retries after a store was unreachable", ["projection"])
 BATCH_SECONDS = Histogram("ams_projection_batch_seconds", "Time to apply one partition's batch", ["projection"])
 RECOVERIES = Counter("ams_projection_recoveries", "Partitions recovered after their store lost data", ["projection"])
+SANDBOXES_UNSERVED = Gauge("ams_projection_sandboxes_unserved",
+                           "Registered sandboxes this worker cannot project (their topic is missing)")

@@ -99,8 +99,10 @@ class Projector:
     dead_letters: DeadLetters
     default_tenant: str
     reader: LogReader | None = None  # how a recovering sink catches up with the log
-    # How logs and metrics name this projection: the sink's name, plus the sandbox it projects, if any.
+    # How logs name this projection: the sink's name, plus the sandbox it projects, if any.
     label: str = ""
+    # How metrics name it: the label, unless that names a tenant the operator keeps out of metrics.
+    metrics_label: str = ""
     checkpoints: dict[int, int] = field(default_factory=dict)
     # Parses a record of a topic other than memory.events; raises MalformedEvent for poison.
     decoder: Callable[[LogRecord], Any] | None = None
@@ -113,6 +115,7 @@ class Projector:
 
     def __post_init__(self) -> None:
         self.label = self.label or self.sink.name
+        self.metrics_label = self.metrics_label or self.label
 
     async def load_checkpoints(self, assigned: Iterable[int] = ()) -> dict[int, int]:
         """Read the store's checkpoints; ``assigned``: the partitions this worker was just given.
@@ -126,7 +129,7 @@ class Projector:
             self.last_handled[partition] = now  # idle (for settle) counts from the assignment
         self.checkpoints = await self._retrying("read checkpoints", self.sink.checkpoints)
         for partition, offset in self.checkpoints.items():
-            metrics.CHECKPOINT.labels(self.label, partition).set(offset)
+            metrics.CHECKPOINT.labels(self.metrics_label, partition).set(offset)
         return self.checkpoints
 
     async def take_partitions(self, partitions: Collection[int]) -> dict[int, int]:
@@ -216,10 +219,10 @@ class Projector:
                     self.label, partition)
         checkpoint = await self._retrying(f"restore partition {partition}", self.sink.restore, partition)
         self.checkpoints[partition] = checkpoint
-        metrics.CHECKPOINT.labels(self.label, partition).set(checkpoint)
+        metrics.CHECKPOINT.labels(self.metrics_label, partition).set(checkpoint)
         await self._retrying(f"replay partition {partition}", self._replay_to_end, partition)
         await self._retrying(f"mark partition {partition} complete", self.sink.mark_complete, partition)
-        metrics.RECOVERIES.labels(self.label).inc()
+        metrics.RECOVERIES.labels(self.metrics_label).inc()
         log.warning("%s projection: partition %d recovered at offset %d", self.label, partition,
                     self.checkpoints.get(partition, NO_CHECKPOINT))
         return self.checkpoints.get(partition, NO_CHECKPOINT)
@@ -277,10 +280,10 @@ class Projector:
                 continue
             # An envelope event whose Kafka key is its own tenant and key sits where that key routes.
             events.append(Positioned(event, record.offset, envelopes and record.key == record_key(event)))
-        with metrics.BATCH_SECONDS.labels(self.label).time():
+        with metrics.BATCH_SECONDS.labels(self.metrics_label).time():
             if poison:
                 await self._retrying("dead-letter poison records", self.dead_letters.send, poison, self.label)
-                metrics.DEAD_LETTERED.labels(self.label).inc(len(poison))
+                metrics.DEAD_LETTERED.labels(self.metrics_label).inc(len(poison))
             await self._apply(partition, events, fresh[-1].offset, expected)
 
     def _decode(self, record: LogRecord) -> Any:
@@ -308,8 +311,8 @@ class Projector:
                 await self._apply(partition, [], through, self.checkpoints.get(partition, expected))
             return
         self.checkpoints[partition] = through
-        metrics.CHECKPOINT.labels(self.label, partition).set(through)
-        metrics.APPLIED.labels(self.label).inc(len(events))
+        metrics.CHECKPOINT.labels(self.metrics_label, partition).set(through)
+        metrics.APPLIED.labels(self.metrics_label).inc(len(events))
 
     async def _dead_letter_failed(
         self, partition: int, events: list[Positioned], through: int, expected: int, error: Exception
@@ -318,7 +321,7 @@ class Projector:
                   partition, through, self.label, error)
         letters = [DeadLetter(partition, item.offset, None, (), f"{type(error).__name__}: {error}") for item in events]
         await self._retrying("dead-letter a failing event", self.dead_letters.send, letters, self.label)
-        metrics.DEAD_LETTERED.labels(self.label).inc(len(letters))
+        metrics.DEAD_LETTERED.labels(self.metrics_label).inc(len(letters))
         await self._apply(partition, [], through, expected)
 
     async def _retrying(self, what: str, call, *args):  # type: ignore[no-untyped-def]
@@ -328,7 +331,7 @@ class Projector:
                 return await call(*args)
             except (*self.sink.transient_errors, *DEAD_LETTER_TRANSIENT) as error:
                 log.warning("%s projection: could not %s (%r); retrying in %.1fs", self.label, what, error, delay)
-                metrics.RETRIES.labels(self.label).inc()
+                metrics.RETRIES.labels(self.metrics_label).inc()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 

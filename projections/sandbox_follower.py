@@ -4,7 +4,9 @@ Each projection worker runs one follower beside its live consumer. The follower 
 registry; for each sandbox it feeds the sandbox's topic (every partition, assigned by hand, so no
 consumer-group rebalance ever touches the live projection) through a projector made as the live one is
 (`projections.projectors.projector_for`) and the same loop (`projections.feed.Feed`), into a sink of the
-sandbox's namespace. When a sandbox is dropped, its state is dropped too.
+sandbox's namespace. When a sandbox is dropped, its state is dropped too. A sandbox whose topic is missing
+is reported (a warning, and the gauge ``ams_projection_sandboxes_unserved``) and looked for again with a
+growing pause, never read in a loop.
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ from ams import kafka_clients
 from ams.namespaces import Namespace
 from ams.settings import Settings
 from ams.tasks import cancel_all
+from projections import metrics
 from projections.feed import Feed
 from projections.projectors import projector_for, source_topic
 from projections.sink import ProjectionSink
 from replay.sandboxes import SandboxSpec, follow_registry
 
 log = logging.getLogger("ams.projector")
+MISSING_TOPIC_FIRST_PAUSE = 1.0
+MISSING_TOPIC_MAX_PAUSE = 60.0
 
 
 class SandboxFollower:
@@ -86,6 +91,7 @@ class SandboxFollower:
         await consumer.start()
         kafka_clients.fetch_when_drained(consumer)
         try:
+            await _wait_for_topic(consumer, topic, namespace.label)
             consumer.assign([TopicPartition(topic, partition) for partition in range(self.settings.partitions)])
             await feed.begin(feed.partitions())  # a new sandbox: its partitions become complete here
             await feed.run()
@@ -98,3 +104,22 @@ class SandboxFollower:
             await kafka_clients.stop(consumer)
             await projector.dead_letters.close()
             await sink.close()
+
+
+async def _wait_for_topic(consumer: AIOKafkaConsumer, topic: str, label: str) -> None:
+    """Return once ``topic`` exists. A consumer assigned a missing topic's partitions asks the broker for its
+    metadata in a tight loop (40% of a core per such sandbox); instead, the sandbox is reported unserved and
+    the topic looked for again after a pause that doubles up to a minute."""
+    pause, reported = MISSING_TOPIC_FIRST_PAUSE, False
+    try:
+        while topic not in await consumer.topics():
+            if not reported:
+                metrics.SANDBOXES_UNSERVED.inc()
+                reported = True
+            log.warning("%s cannot be projected: its topic %s does not exist; looking again in %.0fs", label, topic,
+                        pause)
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, MISSING_TOPIC_MAX_PAUSE)
+    finally:
+        if reported:
+            metrics.SANDBOXES_UNSERVED.dec()

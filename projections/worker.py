@@ -4,12 +4,17 @@ Each projection is its own Kafka consumer group, so projections advance, fail an
 worker is an aiokafka consumer feeding the projector directly (`projections/feed.py`), and a small Starlette
 app, served by uvicorn like the gateway, for its health, lag and Prometheus metrics. On every partition
 assignment the worker seeks to the sink's own checkpoint + 1; Kafka's committed offsets are only a hint.
+
+The pages listen on loopback unless ``AMS_METRICS_HOST`` says otherwise; then ``AMS_METRICS_TOKEN`` is
+required, and ``/metrics`` and ``/positions`` answer only ``Authorization: Bearer <that token>`` (the health
+pages stay open to probes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -24,6 +29,7 @@ from starlette.routing import Route
 
 from ams import kafka_clients
 from ams.namespaces import live
+from ams.security import is_loopback
 from ams.serving import QuietServer
 from ams.settings import Settings
 from ams.tasks import cancel_all
@@ -108,6 +114,8 @@ class ProjectionWorker:
 
     def app(self) -> Starlette:
         async def metrics_page(request: Request) -> Response:
+            if not self.allowed(request):
+                return _token_needed()
             self.lags()
             return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
@@ -120,6 +128,8 @@ class ProjectionWorker:
             return JSONResponse(body, status_code=200 if assigned else 503)
 
         async def positions(request: Request) -> Response:
+            if not self.allowed(request):
+                return _token_needed()
             return JSONResponse({"projection": self.name, "checkpoints": self.projector.checkpoints,
                                  "lag": self.lags()})
 
@@ -128,12 +138,27 @@ class ProjectionWorker:
         return Starlette(routes=routes, lifespan=self.running)
 
 
+    def allowed(self, request: Request) -> bool:
+        """Whether the request may read the metrics: always without a token configured, else with it."""
+        token = self.settings.metrics_token
+        sent = request.headers.get("authorization", "")
+        return not token or hmac.compare_digest(sent.encode(), f"Bearer {token}".encode())
+
+
+def _token_needed() -> Response:
+    error = {"code": "unauthorized", "message": "send 'Authorization: Bearer <AMS_METRICS_TOKEN>'"}
+    return JSONResponse({"error": error}, status_code=401, headers={"WWW-Authenticate": 'Bearer realm="ams-metrics"'})
+
+
 def run_projection(name: str, settings: Settings) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
     if name != HOT:
         os.nice(settings.background_nice)  # before any thread starts: threads inherit it
     worker = ProjectionWorker(name, settings)
-    config = uvicorn.Config(worker.app(), host="127.0.0.1", port=web_port(settings, name), log_level="warning",
-                            access_log=False)
+    if not is_loopback(settings.metrics_host) and not settings.metrics_token:
+        raise SystemExit(f"AMS_METRICS_HOST={settings.metrics_host} is not loopback: set AMS_METRICS_TOKEN, which "
+                         "its metrics pages will then ask for")
+    config = uvicorn.Config(worker.app(), host=settings.metrics_host, port=web_port(settings, name),
+                            log_level="warning", access_log=False)
     QuietServer(config).run()

@@ -36,6 +36,7 @@ log = logging.getLogger("ams.gateway")
 UNAVAILABLE = (*TRANSIENT, *POSTGRES_TRANSIENT, asyncpg.InterfaceError)
 PROJECTION = "postgres"
 ACQUIRE_TIMEOUT = 5.0
+READY_WAIT_SECONDS = 2.0  # see `ColdStore.connection`
 
 CURRENT = f"""
 SELECT {RECORD_COLUMNS},
@@ -109,7 +110,13 @@ class ColdStore(PositionTracker):
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection; a 503 that says so when PostgreSQL is unavailable."""
+        """A pooled connection; a 503 that says so when PostgreSQL is unavailable. A namespace this gateway
+        has just begun to serve (a sandbox created a moment ago) is waited for while its schema is prepared,
+        for up to ``READY_WAIT_SECONDS``."""
+        if self._pool is not None and not self._ready.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(READY_WAIT_SECONDS):
+                    await self._ready.wait()
         if self._pool is None or not self._ready.is_set():
             raise self._unavailable("it has not answered since this gateway started")
         try:

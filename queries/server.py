@@ -14,7 +14,8 @@ from pathlib import Path
 import uvicorn
 from starlette.applications import Starlette
 
-from ams.serving import QuietServer
+from ams.security import check_gateway
+from ams.serving import QuietServer, bounded_http
 from ams.settings import Settings
 
 
@@ -42,11 +43,19 @@ def unix_socket(path: Path) -> socket.socket:
 
 def serve(app: Starlette, settings: Settings, host: str, port: int, control_socket: Path | None = None) -> None:
     """Serve ``app`` until a stop signal; also on ``control_socket`` when given."""
+    check_gateway(settings, host)
     sockets = [shared_port(host, port)]
     if control_socket is not None:
         sockets.append(unix_socket(control_socket))
     # No X-Forwarded-For rewriting (uvicorn's default, a middleware on every request): nothing in the gateway
     # reads the client's address.
+    # Every door bounded (issue 19): the head of a request by `BoundedHttp`, its body by the app's
+    # BodyLimitMiddleware, idle connections by the keep-alive timeout, connections by a count past which
+    # requests are answered 503 at once.
     config = uvicorn.Config(app, log_level="warning", access_log=False, proxy_headers=False,
-                            timeout_graceful_shutdown=settings.shutdown_grace_seconds)
+                            timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+                            http=bounded_http(settings.max_header_bytes, settings.header_timeout_seconds),
+                            timeout_keep_alive=settings.idle_timeout_seconds,  # type: ignore[arg-type]
+                            limit_concurrency=settings.max_connections,
+                            ssl_certfile=settings.tls_certfile or None, ssl_keyfile=settings.tls_keyfile or None)
     QuietServer(config).run(sockets=sockets)

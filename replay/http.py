@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import asdict
 
 import redis.asyncio as aioredis
@@ -9,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ams.auth import ADMIN, Principal
+from ams.auth import ADMIN, OPERATOR, Forbidden, Principal
 from ams.http import ApiError, authorize, json_response, read_json
 from ams.namespaces import ALL_TENANTS
 from ams.settings import Settings
@@ -21,7 +22,15 @@ from replay.diff import AGAINST, diff_sandbox
 from replay.rebuild_lock import RebuildLock, RebuildRunning
 from replay.rebuild_state import RebuildState, read_state, save_state
 from replay.rebuilds import ALL, REBUILDABLE, rebuilt, start_process
-from replay.sandboxes import SandboxError, check_name, create_sandbox, drop_sandbox, list_sandboxes
+from replay.sandboxes import (
+    SandboxError,
+    SandboxExists,
+    SandboxQuota,
+    check_name,
+    create_sandbox,
+    drop_sandbox,
+    list_sandboxes,
+)
 
 
 def _settings(request: Request) -> Settings:
@@ -51,10 +60,17 @@ async def create(request: Request) -> Response:
         check_prefix(str(prefix))
     if until is not None:
         cut.parse_cut(str(until))
+    # The copy reads and decodes the slice of the log: on a thread of its own with its own event loop, so
+    # that this process's other requests are not held up meanwhile.
+    creating = create_sandbox(_settings(request), principal.tenant, name, key_prefix=prefix, until=until)
     try:
-        spec = await create_sandbox(_settings(request), principal.tenant, name, key_prefix=prefix, until=until)
-    except SandboxError as error:
+        spec = await asyncio.to_thread(asyncio.run, creating)
+    except SandboxQuota as error:
+        raise ApiError(403, "sandbox_quota", str(error)) from None
+    except SandboxExists as error:
         raise ApiError(409, "sandbox_exists", str(error)) from None
+    except SandboxError as error:
+        raise ApiError(503, "sandbox_not_created", str(error), {"Retry-After": "1"}) from None
     except cut.PositionNotInLog as error:
         raise ApiError(422, "invalid_until", str(error)) from None
     try:
@@ -95,10 +111,11 @@ async def diff(request: Request) -> Response:
 
 
 def _operator(request: Request) -> Principal:
-    principal = authorize(request, ADMIN)
-    if principal.tenant != _settings(request).operator_tenant:
-        raise ApiError(403, "forbidden", "rebuilds affect every tenant: only the operator tenant may run them")
-    return principal
+    try:
+        return authorize(request, OPERATOR)
+    except Forbidden:
+        raise ApiError(403, "forbidden", f"rebuilds affect every tenant: only a token with the scope {OPERATOR!r} "
+                       "may run them") from None
 
 
 def _projection(request: Request) -> str:

@@ -15,10 +15,10 @@ from dataclasses import asdict, dataclass, field, replace
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
+from aiokafka.errors import UnknownTopicOrPartitionError, for_code
 
 from ams import kafka_clients
-from ams.namespaces import ALL_TENANTS, Namespace, sandbox
+from ams.namespaces import ALL_TENANTS, Namespace, kafka_collision_form, pair_hash, sandbox
 from ams.settings import Settings
 from commands.keys import InvalidName, format_positions
 from compose.readiness import log_topic_configs
@@ -30,6 +30,14 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,47}")
 
 class SandboxError(Exception):
     """A sandbox request that cannot be done; the message says why."""
+
+
+class SandboxExists(SandboxError):
+    """The sandbox, or a backend resource under one of its names, is already there: nothing was touched."""
+
+
+class SandboxQuota(SandboxError):
+    """The owner has as many sandboxes as it may."""
 
 
 @dataclass(frozen=True)
@@ -135,20 +143,43 @@ async def _register(settings: Settings, key: bytes, spec: SandboxSpec | None) ->
 
 async def create_sandbox(settings: Settings, owner: str, name: str, *, key_prefix: str | None = None,
                          until: str | None = None) -> SandboxSpec:
-    """Copy the matching slice of the live log into the sandbox's topic (one transaction), then register it."""
+    """Copy the matching slice of the live log into the sandbox's topic (one transaction), then register it.
+
+    Registration comes last: a create that fails on the way deletes the topics it made, so a sandbox is
+    either registered whole or not at all. Topics already there (another sandbox's, or a leftover) are a
+    SandboxExists before anything is made."""
     check_name(name)
-    if f"{owner}|{name}".encode() in await list_sandboxes(settings):
-        raise SandboxError(f"a sandbox named {name!r} already exists; drop it first or choose another name")
+    registered = await list_sandboxes(settings)
+    if f"{owner}|{name}".encode() in registered:
+        raise SandboxExists(f"a sandbox named {name!r} already exists; drop it first or choose another name")
+    owned = sum(1 for spec in registered.values() if spec.owner == owner)
+    if owned >= settings.max_sandboxes_per_tenant:
+        raise SandboxQuota(f"{owner!r} has {owned} sandboxes, the most it may have "
+                           f"(AMS_MAX_SANDBOXES_PER_TENANT={settings.max_sandboxes_per_tenant}); drop one first")
     namespace = sandbox(settings, owner, name)
     source: dict[str, int] = {}
     if until is None:
         heads = await log_heads(settings, settings.events_topic)
         source = {str(partition): head - 1 for partition, head in heads.items()}
     spec = SandboxSpec(owner, name, key_prefix, until, source_offsets=source)
-    selection = Selection(None if owner == ALL_TENANTS else owner, key_prefix, spec.source_cut())
-    await _create_topics(settings, [namespace.topic, namespace.embeddings_topic])
+    await _create_topics(settings, list(namespace.topics))
+    try:
+        events, last = await _copy(settings, spec, namespace)
+        spec = replace(spec, events=events, created_ms=int(time.time() * 1000), position=format_positions(last))
+        await _register(settings, spec.registry_key, spec)
+    except BaseException:
+        await _delete_topics(settings, list(namespace.topics))
+        raise
+    return spec
+
+
+async def _copy(settings: Settings, spec: SandboxSpec, namespace: Namespace) -> tuple[int, dict[int, int]]:
+    """Copy the sandbox's slice of the live log into its topic, in one transaction; how many events went, and
+    the last offset written per partition."""
+    selection = Selection(None if spec.owner == ALL_TENANTS else spec.owner, spec.key_prefix, spec.source_cut())
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", max_request_size=8 << 20,
-                                transactional_id=f"ams-sandbox-{owner}-{name}", transaction_timeout_ms=900_000)
+                                transactional_id=f"ams-sandbox-{pair_hash(spec.owner, spec.name)}",
+                                transaction_timeout_ms=900_000)
     await producer.start()
     sent = []
     try:
@@ -164,9 +195,7 @@ async def create_sandbox(settings: Settings, owner: str, name: str, *, key_prefi
             last[metadata.partition] = max(metadata.offset, last.get(metadata.partition, -1))
     finally:
         await kafka_clients.stop(producer)
-    spec = replace(spec, events=len(sent), created_ms=int(time.time() * 1000), position=format_positions(last))
-    await _register(settings, spec.registry_key, spec)
-    return spec
+    return len(sent), last
 
 
 async def drop_sandbox(settings: Settings, owner: str, name: str) -> SandboxSpec:
@@ -177,32 +206,47 @@ async def drop_sandbox(settings: Settings, owner: str, name: str) -> SandboxSpec
     if spec is None:
         raise SandboxError(f"no sandbox named {name!r}")
     await _register(settings, key, None)
+    await _delete_topics(settings, list(spec.namespace(settings).topics))
+    return spec
+
+
+async def _delete_topics(settings: Settings, topics: list[str]) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
-    namespace = spec.namespace(settings)
     try:
         existing = set(await admin.list_topics())
-        found = [topic for topic in (namespace.topic, namespace.embeddings_topic) if topic in existing]
+        found = [topic for topic in topics if topic in existing]
         if found:
             await admin.delete_topics(found)
     except UnknownTopicOrPartitionError:
         pass
     finally:
         await kafka_clients.stop(admin)
-    return spec
 
 
 async def _create_topics(settings: Settings, topics: list[str]) -> None:
-    """The sandbox's log and embeddings stream, configured like the live ones (same partitions, kept forever)."""
+    """The sandbox's log and embeddings stream, configured like the live ones (same partitions, kept forever).
+
+    Any of them already there, or colliding with a topic that is (Kafka reads ``.`` as ``_``), is a
+    SandboxExists and nothing is created; one the broker refuses otherwise takes the others made with it."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
-        existing = set(await admin.list_topics())
-        missing = [NewTopic(topic, settings.partitions, 1, topic_configs=log_topic_configs())
-                   for topic in topics if topic not in existing]
-        if missing:
-            await admin.create_topics(missing)
-    except TopicAlreadyExistsError:
-        pass
+        existing = {kafka_collision_form(topic): topic for topic in await admin.list_topics()}
+        taken = [existing[kafka_collision_form(topic)] for topic in topics if kafka_collision_form(topic) in existing]
+        if taken:
+            raise SandboxExists(f"the sandbox's topics are taken: {', '.join(taken)} already exist(s); "
+                                "nothing was created")
+        response = await admin.create_topics(
+            [NewTopic(topic, settings.partitions, 1, topic_configs=log_topic_configs()) for topic in topics])
     finally:
         await kafka_clients.stop(admin)
+    refused = {topic: (code, message[0] if message else "") for topic, code, *message in response.topic_errors
+               if code != 0}
+    if refused:
+        await _delete_topics(settings, [topic for topic in topics if topic not in refused])
+        reasons = "; ".join(f"{topic}: {for_code(code).__name__} {message or ''}".rstrip()
+                            for topic, (code, message) in refused.items())
+        error = SandboxExists if any(for_code(code).__name__ == "TopicAlreadyExistsError"
+                                     for code, _ in refused.values()) else SandboxError
+        raise error(f"Kafka refused the sandbox's topics ({reasons}); nothing was kept")

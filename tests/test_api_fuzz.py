@@ -1,7 +1,9 @@
 """A property-based fuzz of the HTTP API from its own OpenAPI description (schemathesis), against the live
 gateway with a valid token of a throwaway tenant: valid and invalid parameters, headers and bodies on
-every operation. Whatever it sends, the gateway answers no 5xx, and every 4xx is a JSON error with a code
-and a message. The writes it makes are real (a fresh tenant's); sandboxes it creates are dropped at once.
+every operation, and then on every operation any header AMS reads with any value a client can send
+(numbers past Kafka's range, huge ones, anything printable, the Authorization header too). Whatever it
+sends, the gateway answers no 5xx, and every 4xx is a JSON error with a code and a message. The writes it
+makes are real (a fresh tenant's); sandboxes it creates are dropped at once.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import hypothesis
 import pytest
 import requests
 import schemathesis
+from hypothesis import strategies as st
 from schemathesis import Case, GenerationMode
 from schemathesis.schemas import BaseSchema
 
@@ -71,8 +74,40 @@ def test_no_input_gets_a_5xx_and_every_4xx_is_a_json_error(api_schema: BaseSchem
     attempt()
 
 
-def send(case: Case, settings: Settings) -> None:
-    headers = _headers()
+# Every request header the gateway reads, and values of every kind a client could put there.
+FUZZED_HEADERS = ["X-AMS-Min-Position", "Last-Event-ID", "X-AMS-Sandbox", "Idempotency-Key", "If-Match",
+                  "If-None-Match", "Prefer", "Authorization", "Content-Type"]
+_big_number = st.integers(min_value=0, max_value=10**40).map(str)
+header_values = st.one_of(
+    st.tuples(_big_number, _big_number).map(":".join),  # positions: "partition:offset", past int64 as well
+    st.lists(st.tuples(_big_number, _big_number).map(":".join), min_size=1, max_size=5).map(",".join),
+    _big_number,
+    st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"), max_size=200)
+      .map(str.strip),
+    st.sampled_from(["", "Bearer", "Bearer ", "bearer x.y.z", "-1:-1", "0:", ":0", "all", "..", "0x10:1"]),
+)
+HEADER_EXAMPLES = 25
+
+
+@pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[f"{method} {path}" for method, path in OPERATIONS])
+def test_no_header_value_gets_a_5xx(api_schema: BaseSchema, settings: Settings, method: str, path: str) -> None:
+    operation = api_schema[path][method]
+
+    @hypothesis.given(operation.as_strategy(generation_mode=GenerationMode.POSITIVE),
+                      st.dictionaries(st.sampled_from(FUZZED_HEADERS), header_values, min_size=1, max_size=3))
+    @hypothesis.settings(max_examples=HEADER_EXAMPLES, deadline=None, derandomize=True, database=None,
+                         suppress_health_check=list(hypothesis.HealthCheck))
+    def attempt(case: Case, fuzzed: dict[str, str]) -> None:
+        for name, value in fuzzed.items():
+            case.headers[name] = value
+        send(case, settings, keep_headers=frozenset(fuzzed))
+
+    attempt()
+
+
+def send(case: Case, settings: Settings, keep_headers: frozenset[str] = frozenset()) -> None:
+    """``keep_headers``: the case's own values of these win over the valid ones (a fuzzed Authorization)."""
+    headers = {name: value for name, value in _headers().items() if name not in keep_headers}
     if case.path == "/v1/watch":  # an endless event stream: check how it opens, then hang up
         kwargs = case.as_transport_kwargs(base_url=settings.gateway_url, headers=headers)
         with requests.request(**kwargs, stream=True, timeout=10) as response:

@@ -7,6 +7,7 @@ without this check a broken key or a renamed service would only show when a Dock
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -28,7 +29,10 @@ FILES = {
 }
 
 
-def _config(compose_file: str, *args: str) -> subprocess.CompletedProcess[str]:
+SECRET = {"AMS_JWT_SECRET": "a-test-secret-of-more-than-thirty-two-bytes"}
+
+
+def _config(compose_file: str, *args: str, env: dict[str, str] = SECRET) -> subprocess.CompletedProcess[str]:
     executable = shutil.which("docker-compose")
     if executable is None:
         pytest.fail(
@@ -36,7 +40,8 @@ def _config(compose_file: str, *args: str) -> subprocess.CompletedProcess[str]:
             "docker-compose package (apt-get install docker-compose)"
         )
     return subprocess.run(
-        [executable, "-f", compose_file, "config", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+        [executable, "-f", compose_file, "config", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+        env={**{name: value for name, value in os.environ.items() if name != "AMS_JWT_SECRET"}, **env},
     )
 
 
@@ -49,3 +54,10 @@ def test_compose_file_is_valid(compose_file: str) -> None:
     assert rendered.returncode == 0, rendered.stderr
     for service in FILES[compose_file]:
         assert f"\n  {service}:\n" in rendered.stdout, f"{compose_file}: no service {service!r}"
+
+
+@pytest.mark.parametrize("compose_file", list(FILES))
+def test_compose_refuses_to_start_without_a_jwt_secret(compose_file: str) -> None:
+    """No secret written in the file to fall back on: whoever runs it chooses one."""
+    refused = _config(compose_file, "-q", env={})
+    assert refused.returncode != 0 and "AMS_JWT_SECRET" in refused.stderr, refused.stderr

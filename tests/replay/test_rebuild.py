@@ -94,7 +94,7 @@ async def test_the_admin_endpoint_runs_a_rebuild_for_operators_only(api: httpx.A
     await api.put("/v1/kv/anything", json=1)
     tenant_admin = {"Authorization": f"Bearer {token_for(settings, tenant, 'memory:admin')}"}
     assert (await api.post("/v1/admin/rebuilds/redis", headers=tenant_admin)).status_code == 403
-    operator = {"Authorization": f"Bearer {token_for(settings, settings.operator_tenant, 'memory:admin')}"}
+    operator = {"Authorization": f"Bearer {token_for(settings, 'ops', 'memory:operator')}"}
     assert (await api.post("/v1/admin/rebuilds/nothing", headers=operator)).status_code == 404
     started = await api.post("/v1/admin/rebuilds/redis", headers=operator)
     assert started.status_code == 202, started.text

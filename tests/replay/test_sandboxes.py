@@ -125,16 +125,16 @@ async def test_a_sandbox_created_through_the_cli_is_usable_the_moment_create_ret
 async def test_drop_removes_every_trace(api: httpx.AsyncClient, admin: httpx.AsyncClient, settings: Settings,
                                         tenant: str) -> None:
     await api.put("/v1/kv/k", json=1)
-    name, sandbox = await make_sandbox(admin)
-    assert (await api.get("/v1/kv/k", headers=sandbox)).json() == 1
+    name, in_sandbox = await make_sandbox(admin)
+    assert (await api.get("/v1/kv/k", headers=in_sandbox)).json() == 1
     assert (await admin.delete(f"/v1/sandboxes/{name}")).status_code == 200
     assert all(item["name"] != name for item in (await admin.get("/v1/sandboxes")).json()["items"])
     async with asyncio.timeout(30):
         while (await api.get("/v1/kv/k", headers={"X-AMS-Sandbox": name})).status_code != 404 or \
-                await redis_records(settings, tenant, f"{settings.redis_prefix}:sb:{tenant}:{name}"):
+                await redis_records(settings, tenant, sandbox(settings, tenant, name).redis_prefix):
             await asyncio.sleep(0.2)
     assert (await api.get("/v1/kv/k", headers={"X-AMS-Sandbox": name})).json()["error"]["code"] == "no_sandbox"
-    assert not await topic_exists(settings, f"{settings.events_topic}.sandbox.{tenant}.{name}")
+    assert not await topic_exists(settings, sandbox(settings, tenant, name).topic)
 
 
 async def test_tenants_cannot_reach_each_others_sandboxes(admin: httpx.AsyncClient, settings: Settings) -> None:
