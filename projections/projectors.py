@@ -69,6 +69,6 @@ def projector_for(sink: ProjectionSink, settings: Settings, namespace: Namespace
 
         decoder = lambda record: decode_op(record.value)  # noqa: E731 - a one-line adapter
     label = label or (sink.name if namespace.is_live else f"{sink.name} {namespace.label}")
-    return Projector(sink, DeadLetters(settings.kafka_bootstrap, settings.dlq_topic, topic), settings.default_tenant,
-                     PartitionReader(settings.kafka_bootstrap, topic), label=label, decoder=decoder,
+    return Projector(sink, DeadLetters(settings.kafka, settings.dlq_topic, topic), settings.default_tenant,
+                     PartitionReader(settings.kafka, topic), label=label, decoder=decoder,
                      max_value_bytes=settings.max_value_bytes)

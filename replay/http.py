@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import asdict
 
@@ -10,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ams import credentials
 from ams.auth import ADMIN, Principal
 from ams.http import ApiError, authorize, json_response, read_json
 from ams.namespaces import ALL_TENANTS
@@ -125,7 +127,9 @@ async def start_rebuild(request: Request) -> Response:
     layout = RedisLayout(_settings(request).redis_prefix)
     for name in (REBUILDABLE if projection == ALL else (projection,)):
         await save_state(client, layout, RebuildState(name, generation=-1, state="starting"))
-    process.start([sys.executable, "-m", "ams.cli", "rebuild", projection])
+    # A rebuild replaces projections' state wholesale: it runs as the operator's principal, not the gateway's.
+    process.start([sys.executable, "-m", "ams.cli", "rebuild", projection],
+                  env={**os.environ, "AMS_PRINCIPAL": credentials.ADMIN})
     return json_response({"projection": projection, "status": f"/v1/admin/rebuilds/{projection}"}, 202)
 
 

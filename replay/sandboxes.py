@@ -83,7 +83,7 @@ async def follow_registry(
     follower starting (or starting again) never serves a sandbox already dropped, whose topics are gone
     (serving one waited for them, and blocked every other sandbox meanwhile). A key dropped and created
     again yields the drop first, so that whoever served the old sandbox lets it go."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**settings.kafka.client_options(), enable_auto_commit=False,
                                 isolation_level="read_committed", fetch_max_wait_ms=REGISTRY_FETCH_WAIT_MS)
     await consumer.start()
     try:
@@ -125,7 +125,7 @@ async def list_sandboxes(settings: Settings) -> dict[bytes, SandboxSpec]:
 
 
 async def _register(settings: Settings, key: bytes, spec: SandboxSpec | None) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(**settings.kafka.client_options(), acks="all", enable_idempotence=True)
     await producer.start()
     try:
         await producer.send_and_wait(registry_topic(settings), orjson.dumps(asdict(spec)) if spec else None, key=key)
@@ -147,7 +147,7 @@ async def create_sandbox(settings: Settings, owner: str, name: str, *, key_prefi
     spec = SandboxSpec(owner, name, key_prefix, until, source_offsets=source)
     selection = Selection(None if owner == ALL_TENANTS else owner, key_prefix, spec.source_cut())
     await _create_topics(settings, [namespace.topic, namespace.embeddings_topic])
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", max_request_size=8 << 20,
+    producer = AIOKafkaProducer(**settings.kafka.client_options(), acks="all", max_request_size=8 << 20,
                                 transactional_id=f"ams-sandbox-{owner}-{name}", transaction_timeout_ms=900_000)
     await producer.start()
     sent = []
@@ -177,7 +177,7 @@ async def drop_sandbox(settings: Settings, owner: str, name: str) -> SandboxSpec
     if spec is None:
         raise SandboxError(f"no sandbox named {name!r}")
     await _register(settings, key, None)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**settings.kafka.client_options())
     await admin.start()
     namespace = spec.namespace(settings)
     try:
@@ -194,7 +194,7 @@ async def drop_sandbox(settings: Settings, owner: str, name: str) -> SandboxSpec
 
 async def _create_topics(settings: Settings, topics: list[str]) -> None:
     """The sandbox's log and embeddings stream, configured like the live ones (same partitions, kept forever)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**settings.kafka.client_options())
     await admin.start()
     try:
         existing = set(await admin.list_topics())
