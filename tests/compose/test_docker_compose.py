@@ -7,6 +7,7 @@ without this check a broken key or a renamed service would only show when a Dock
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -28,7 +29,11 @@ FILES = {
 }
 
 
-def _config(compose_file: str, *args: str) -> subprocess.CompletedProcess[str]:
+# The compose files take every secret from the environment, with no fallback written in them.
+SECRETS = {"AMS_REDIS_PASSWORD": "redis-test-password", "AMS_POSTGRES_PASSWORD": "postgres-test-password"}
+
+
+def _config(compose_file: str, *args: str, secrets: dict[str, str] = SECRETS) -> subprocess.CompletedProcess[str]:
     executable = shutil.which("docker-compose")
     if executable is None:
         pytest.fail(
@@ -36,7 +41,8 @@ def _config(compose_file: str, *args: str) -> subprocess.CompletedProcess[str]:
             "docker-compose package (apt-get install docker-compose)"
         )
     return subprocess.run(
-        [executable, "-f", compose_file, "config", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+        [executable, "-f", compose_file, "config", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+        env={**{name: value for name, value in os.environ.items() if name not in SECRETS}, **secrets},
     )
 
 
@@ -49,3 +55,18 @@ def test_compose_file_is_valid(compose_file: str) -> None:
     assert rendered.returncode == 0, rendered.stderr
     for service in FILES[compose_file]:
         assert f"\n  {service}:\n" in rendered.stdout, f"{compose_file}: no service {service!r}"
+
+
+@pytest.mark.parametrize("compose_file", list(FILES))
+@pytest.mark.parametrize("missing", list(SECRETS))
+def test_compose_file_refuses_to_start_without_a_backend_secret(compose_file: str, missing: str) -> None:
+    rendered = _config(compose_file, "-q", secrets={name: value for name, value in SECRETS.items() if name != missing})
+    assert rendered.returncode != 0
+    assert missing in rendered.stderr
+
+
+@pytest.mark.parametrize("compose_file", list(FILES))
+def test_compose_file_writes_no_backend_password_of_its_own(compose_file: str) -> None:
+    rendered = _config(compose_file).stdout
+    assert "postgresql://ams:ams@" not in rendered and "POSTGRES_PASSWORD: ams\n" not in rendered
+    assert rendered.count("redis-test-password") >= 3  # the server, its health check and every AMS process
