@@ -137,11 +137,14 @@ def redis_acl(settings: Settings) -> str:
 
 
 def _gateway_writes(prefix: str) -> str:
-    """The keys the gateway may write: the state of the rebuilds it starts, and the partitions' generation,
-    checkpoint and live marker. It only reads those, but through a script (the hot-key cache's SYNC, which
-    reads them and publishes in one step), and Redis checks a script's keys as written (EVAL_RO would
-    refuse its PUBLISH)."""
-    return " ".join(f"%RW~{prefix}:{pattern}" for pattern in ("rebuild:*", "*:generation", "*:ckpt", "*:live"))
+    """The keys the gateway may write: the state of the rebuilds it starts; the records and key indexes, which
+    a cold read puts back when Redis had evicted them (`projections.redis_restore.warm_record`; the gateway
+    could append those values to the log anyway); and the partitions' generation, checkpoint and live marker,
+    which it only reads, but through scripts (that warming, and the hot-key cache's SYNC, which reads them and
+    publishes in one step), and Redis checks a script's keys as written (EVAL_RO refuses a PUBLISH). Streams,
+    the idempotency records and everything else stay the projection's."""
+    patterns = ("rebuild:*", "*:generation", "*:ckpt", "*:live", "*:kv:*", "*:idx:*")
+    return " ".join(f"%RW~{prefix}:{pattern}" for pattern in patterns)
 
 
 def write_redis_acl(settings: Settings, folder: Path) -> Path:

@@ -130,12 +130,16 @@ async def test_redis_without_credentials_is_refused(settings: Settings) -> None:
         await client.aclose()
 
 
-async def test_the_gateway_reads_the_hot_projection_but_cannot_write_it(settings: Settings) -> None:
+async def test_the_gateway_reads_the_hot_projection_but_cannot_write_its_streams_or_idempotency(
+        settings: Settings) -> None:
     client = aioredis.from_url(as_principal(settings, credentials.GATEWAY).redis_url)
+    tag = f"{settings.redis_prefix}:g0:{{p0}}"
     try:
-        await client.get(f"{settings.redis_prefix}:g0:{{p0}}:kv:t:k")
-        with pytest.raises(NoPermissionError):
-            await client.set(f"{settings.redis_prefix}:g0:{{p0}}:kv:t:k", "forged")
+        await client.get(f"{tag}:kv:t:k")
+        await client.hgetall(f"{tag}:stream:t:s")
+        for key in (f"{tag}:stream:t:s", f"{tag}:cmd:t:k", f"{tag}:unfinished", f"{settings.redis_prefix}-embedder:x"):
+            with pytest.raises(NoPermissionError):
+                await client.set(key, "forged")
         with pytest.raises(NoPermissionError):
             await client.flushall()
     finally:
