@@ -52,10 +52,11 @@ def cmd_down(args: argparse.Namespace) -> None:
 def cmd_status(args: argparse.Namespace) -> None:
     from compose.local import LocalStack
 
-    table = Table("component", "state", "pid", "address")
-    for name, state, pid, address in LocalStack(get_settings()).status():
+    stack = LocalStack(get_settings())
+    table = Table("component", "state", "pid", "address", "security")
+    for name, state, pid, address in stack.status():
         colour = {"ready": "green", "stopped": "dim"}.get(state, "red")
-        table.add_row(name, f"[{colour}]{state}[/{colour}]", pid, address)
+        table.add_row(name, f"[{colour}]{state}[/{colour}]", pid, address, stack.posture(name))
     console.print(table)
 
 

@@ -48,7 +48,7 @@ async def run_demo(settings: Settings) -> None:
                                                      headers={"X-AMS-Min-Position": fact.headers["X-AMS-Position"]}))
 
         console.print("\n[bold]A line written straight into the log by another tool[/bold]")
-        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+        producer = AIOKafkaProducer(**settings.kafka.client_options(), acks="all")
         await producer.start()
         try:
             line = f'{{"op":"set","key":"session:console-{run}","value":{{"source":"console producer"}}}}'

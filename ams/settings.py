@@ -12,6 +12,9 @@ import socket
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import Any
+
+from ams import credentials
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Signs the tokens of `ams token` on a developer's machine; a gateway exposed to others refuses it.
@@ -49,12 +52,40 @@ def _env_policy() -> dict[str, dict[str, str]]:
 
 
 @dataclass(frozen=True)
+class KafkaAccess:
+    """How a client reaches the brokers, and as whom (SASL/SCRAM when a password is set)."""
+
+    bootstrap: str
+    username: str = ""
+    password: str = ""
+    security_protocol: str = "PLAINTEXT"  # SASL_PLAINTEXT or SASL_SSL with credentials
+    sasl_mechanism: str = "SCRAM-SHA-512"
+
+    def client_options(self) -> dict[str, Any]:
+        """Keyword arguments of every aiokafka client (producer, consumer, admin)."""
+        options: dict[str, Any] = {"bootstrap_servers": self.bootstrap, "security_protocol": self.security_protocol}
+        if self.password:
+            options.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.username,
+                           sasl_plain_password=self.password)
+        return options
+
+
+def default_home() -> Path:
+    return Path(_env("HOME", str(REPO_ROOT / ".ams")))
+
+
+@dataclass(frozen=True)
 class Settings:
     # Where the local stack keeps its data, logs and pid files, and where downloads are cached.
-    home: Path = field(default_factory=lambda: Path(_env("HOME", str(REPO_ROOT / ".ams"))))
+    home: Path = field(default_factory=default_home)
     cache_dir: Path = field(
         default_factory=lambda: Path(_env("CACHE_DIR", str(Path.home() / ".cache" / "ams")))
     )
+
+    # Who this process is to the backends (ams/credentials.py), and where the local stack's passwords are
+    # (made on first use). Explicit credentials (AMS_KAFKA_PASSWORD, AMS_REDIS_URL, AMS_POSTGRES_DSN) win.
+    principal: str = field(default_factory=lambda: _env("PRINCIPAL", credentials.ADMIN))
+    secrets_dir: Path = field(default_factory=lambda: Path(_env("SECRETS_DIR", str(default_home() / "secrets"))))
 
     # Kafka: the log, the only write model.
     kafka_port: int = field(default_factory=lambda: _env_int("KAFKA_PORT", 19092))
@@ -62,6 +93,10 @@ class Settings:
         default_factory=lambda: _env_int("KAFKA_CONTROLLER_PORT", 19093)
     )
     kafka_bootstrap: str = ""
+    kafka_username: str = field(default_factory=lambda: _env("KAFKA_USERNAME", ""))
+    kafka_password: str = field(default_factory=lambda: _env("KAFKA_PASSWORD", ""))
+    # PLAINTEXT, SASL_PLAINTEXT or SASL_SSL; default: SASL_PLAINTEXT when there is a password.
+    kafka_security_protocol: str = field(default_factory=lambda: _env("KAFKA_SECURITY_PROTOCOL", ""))
     events_topic: str = field(default_factory=lambda: _env("EVENTS_TOPIC", "memory.events"))
     dlq_topic: str = field(default_factory=lambda: _env("DLQ_TOPIC", "memory.dlq"))
     partitions: int = field(default_factory=lambda: _env_int("PARTITIONS", 6))
@@ -199,17 +234,41 @@ class Settings:
     def __post_init__(self) -> None:
         if self.gateway_processes < 1:
             raise SystemExit(f"AMS_GATEWAY_PROCESSES={self.gateway_processes} must be at least 1.")
+        if self.principal not in credentials.CLIENTS:
+            raise SystemExit(f"AMS_PRINCIPAL={self.principal!r} is none of {', '.join(credentials.CLIENTS)}.")
+        if not self.services_given:
+            credentials.ensure(self.secrets_dir)
+        secret = credentials.password(self.secrets_dir, self.principal) or ""
         # Derived addresses follow the ports unless given explicitly.
         if not self.kafka_bootstrap:
             bootstrap = _env("KAFKA_BOOTSTRAP", f"127.0.0.1:{self.kafka_port}")
             object.__setattr__(self, "kafka_bootstrap", bootstrap)
+        if not self.kafka_password and "KAFKA_BOOTSTRAP" not in self._given:
+            object.__setattr__(self, "kafka_password", secret)
+        if not self.kafka_username:
+            object.__setattr__(self, "kafka_username", self.principal)
+        if not self.kafka_security_protocol:
+            protocol = "SASL_PLAINTEXT" if self.kafka_password else "PLAINTEXT"
+            object.__setattr__(self, "kafka_security_protocol", protocol)
         if not self.redis_url:
-            object.__setattr__(self, "redis_url", _env("REDIS_URL", f"redis://127.0.0.1:{self.redis_port}/0"))
+            url = f"redis://{self.principal}:{secret}@127.0.0.1:{self.redis_port}/0"
+            object.__setattr__(self, "redis_url", _env("REDIS_URL", url))
         if not self.postgres_dsn:
-            dsn = _env("POSTGRES_DSN", f"postgresql://ams:ams@127.0.0.1:{self.postgres_port}/ams")
-            object.__setattr__(self, "postgres_dsn", dsn)
+            role = credentials.postgres_role(self.principal)
+            dsn = f"postgresql://{role}:{secret}@127.0.0.1:{self.postgres_port}/ams?sslmode=require"
+            object.__setattr__(self, "postgres_dsn", _env("POSTGRES_DSN", dsn))
         if not self.milvus_uri:
             object.__setattr__(self, "milvus_uri", _env("MILVUS_URI", str(self.home / "milvus" / "ams.db")))
+
+    @property
+    def kafka(self) -> KafkaAccess:
+        return KafkaAccess(self.kafka_bootstrap, self.kafka_username, self.kafka_password,
+                           self.kafka_security_protocol)
+
+    @property
+    def _given(self) -> set[str]:
+        """The service addresses the environment names (without the AMS_ prefix)."""
+        return {name for name in ("KAFKA_BOOTSTRAP", "REDIS_URL", "POSTGRES_DSN") if f"AMS_{name}" in os.environ}
 
     @property
     def gateway_url(self) -> str:
@@ -227,7 +286,7 @@ class Settings:
     @property
     def services_given(self) -> bool:
         """True when the environment names external services, so nothing local must be started."""
-        return any(f"AMS_{name}" in os.environ for name in ("KAFKA_BOOTSTRAP", "REDIS_URL", "POSTGRES_DSN"))
+        return bool(self._given)
 
 
 @cache

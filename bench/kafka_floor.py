@@ -64,8 +64,8 @@ class KafkaFloor:
 
     def __init__(self, settings: Settings, topic: str) -> None:
         self.settings, self.topic = settings, topic
-        self.producer = AIOKafkaProducer(enable_idempotence=True, **producer_settings(settings.kafka_bootstrap))
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+        self.producer = AIOKafkaProducer(enable_idempotence=True, **producer_settings(settings.kafka))
+        self.consumer = AIOKafkaConsumer(**settings.kafka.client_options(), enable_auto_commit=False,
                                          isolation_level="read_committed")
         self._count = 0
 
@@ -139,7 +139,7 @@ async def kafka_floor(settings: Settings) -> AsyncIterator[FloorCalls]:
 
 
 async def _started_floor(settings: Settings, topic: str) -> KafkaFloor:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**settings.kafka.client_options())
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, settings.partitions, 1, topic_configs=log_topic_configs())])
@@ -159,7 +159,7 @@ async def _started_floor(settings: Settings, topic: str) -> KafkaFloor:
 async def _stopped_floor(settings: Settings, floor: KafkaFloor) -> None:
     await kafka_clients.stop(floor.producer)
     await kafka_clients.stop(floor.consumer)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**settings.kafka.client_options())
     await admin.start()
     try:
         await admin.delete_topics([floor.topic])

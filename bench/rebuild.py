@@ -31,7 +31,7 @@ from replay.rebuild_state import GRACE_SECONDS
 
 
 async def produce(settings: Settings, events: int, keys: int) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True,
+    producer = AIOKafkaProducer(**settings.kafka.client_options(), acks="all", enable_idempotence=True,
                                 linger_ms=20, max_batch_size=1 << 20)
     await producer.start()
     rng = random.Random(7)
@@ -57,7 +57,7 @@ async def produce(settings: Settings, events: int, keys: int) -> None:
 
 async def raw_read(settings: Settings, events: int) -> float:
     """Events/s of a bare consumer reading the whole topic with the rebuild's fetch settings."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**settings.kafka.client_options(), enable_auto_commit=False,
                                 isolation_level="read_committed", max_partition_fetch_bytes=8 << 20)
     await consumer.start()
     try:
@@ -122,7 +122,7 @@ async def measure(events: int, keys: int, *, quiet: bool = False) -> RebuildSpee
     base = get_settings()
     run = uuid.uuid4().hex[:8]
     settings = dataclasses.replace(base, events_topic=f"ams.bench.rebuild.{run}", redis_prefix=f"bench-{run}")
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**settings.kafka.client_options())
     await admin.start()
     try:
         await admin.create_topics([NewTopic(settings.events_topic, settings.partitions, 1)])

@@ -92,7 +92,7 @@ async def load(settings: Settings, tenant: str, data: np.ndarray) -> dict[int, i
     """Append a kv.put per vector straight to the log (the trusted producer path, batched); the highest
     position written in each partition. The gateway's PUT answers each write alone, which on this machine
     would make loading 100k vectors take a quarter of an hour; everything downstream is the real path."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True,
+    producer = AIOKafkaProducer(**settings.kafka.client_options(), acks="all", enable_idempotence=True,
                                 linger_ms=20, max_batch_size=1 << 20, max_request_size=16 << 20)
     await producer.start()
     positions: dict[int, int] = {}

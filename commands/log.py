@@ -17,6 +17,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.producer.transaction_manager import TransactionState
 
 from ams import kafka_clients
+from ams.settings import KafkaAccess
 from commands.envelope import STREAM_APPEND, Event, encode
 from commands.keys import Position, kafka_key, partition_for, stream_key
 
@@ -40,21 +41,21 @@ def _forget_outcome(task: asyncio.Future[Any]) -> None:
         task.exception()  # retrieved, so that a late failure is not reported as never retrieved
 
 
-def producer_settings(bootstrap: str, max_request_size: int = 8 << 20) -> dict[str, Any]:
+def producer_settings(kafka: KafkaAccess, max_request_size: int = 8 << 20) -> dict[str, Any]:
     """What every producer of the log is made with: the gateway's, and the raw floor `make bench` measures.
 
     No linger: a lone append goes out at once (``linger_ms=1`` cost about 2 ms per append here), and appends
     that arrive while one is in flight are batched by the producer anyway."""
-    return {"bootstrap_servers": bootstrap, "acks": "all", "max_request_size": max_request_size}
+    return {**kafka.client_options(), "acks": "all", "max_request_size": max_request_size}
 
 
 class EventLog:
-    def __init__(self, bootstrap: str, topic: str, *, transactional_id: str, max_request_size: int = 8 << 20,
+    def __init__(self, kafka: KafkaAccess, topic: str, *, transactional_id: str, max_request_size: int = 8 << 20,
                  timeout: float = 5.0) -> None:
         """``transactional_id`` must be unique per gateway replica and stable across its restarts: a restarted
         gateway then fences its predecessor, and a batch transaction it left open is aborted at once instead of
         holding the partitions' last stable offset (and every strong write) until the transaction timeout."""
-        self.bootstrap = bootstrap
+        self.kafka = kafka
         self.topic = topic
         self.transactional_id = transactional_id
         self.max_request_size = max_request_size
@@ -77,12 +78,12 @@ class EventLog:
 
     async def start(self) -> None:
         # Clients are made here, not in __init__: aiokafka binds them to the running event loop.
-        self._common = producer_settings(self.bootstrap, self.max_request_size)
+        self._common = producer_settings(self.kafka, self.max_request_size)
         self._producer = AIOKafkaProducer(enable_idempotence=True, **self._common)
         self._transactional = AIOKafkaProducer(transactional_id=self.transactional_id, **self._common)
-        self._offsets_reader = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+        self._offsets_reader = AIOKafkaConsumer(**self.kafka.client_options(), enable_auto_commit=False,
                                                 isolation_level="read_committed")
-        self._written_reader = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        self._written_reader = AIOKafkaConsumer(**self.kafka.client_options(), enable_auto_commit=False)
         await self._producer.start()
         await self._transactional.start()
         await self._offsets_reader.start()

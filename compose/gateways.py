@@ -15,6 +15,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from ams import credentials
 from ams.settings import Settings
 from compose import readiness
 from compose.process import ManagedProcess, pid_alive
@@ -56,4 +57,4 @@ def start(number: int, settings: Settings, process: ManagedProcess) -> None:
         if not pid_alive(int(gauges.stem.rsplit("_", 1)[1])):
             gauges.unlink(missing_ok=True)
     process.start([sys.executable, "-m", "ams.cli", "gateway", "--process", str(number)],
-                  env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics)})
+                  env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics), "AMS_PRINCIPAL": credentials.GATEWAY})

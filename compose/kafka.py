@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 from ams.settings import Settings
+from compose import security
 from compose.process import ManagedProcess
 
 POM = Path(__file__).resolve().parent / "kafka" / "pom.xml"
@@ -57,12 +58,7 @@ def _server_properties(settings: Settings, data_dir: Path) -> str:
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@{host}:{settings.kafka_controller_port}
-listeners=PLAINTEXT://{host}:{settings.kafka_port},CONTROLLER://{host}:{settings.kafka_controller_port}
-advertised.listeners=PLAINTEXT://{host}:{settings.kafka_port}
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-log.dirs={data_dir}
+{security.kafka_listeners(settings, host)}log.dirs={data_dir}
 # An event store: topics are created on purpose, with their own retention.
 auto.create.topics.enable=false
 num.partitions={settings.partitions}
@@ -102,16 +98,22 @@ def start(settings: Settings, process: ManagedProcess) -> None:
     config = root / "server.properties"
     log4j = root / "log4j2.properties"
     root.mkdir(parents=True, exist_ok=True)
-    config.write_text(_server_properties(settings, data_dir))
+    security.write_private(config, _server_properties(settings, data_dir))  # it holds the broker's passwords
     log4j.write_text(_LOG4J2)
     classpath = f"{libs}/*"
+    authenticated = root / ".scram-users"  # made with the format: this log's cluster knows the SCRAM users
+    if (data_dir / "meta.properties").exists() and not authenticated.exists():
+        raise SystemExit(f"{data_dir} was made before Kafka required authentication, so it knows no users. "
+                         f"Stop the stack (`ams down`) and remove {settings.home} to start afresh.")
     if not (data_dir / "meta.properties").exists():
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         subprocess.run(
-            ["java", "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],
+            ["java", "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config),
+             *security.kafka_scram_users(settings)],
             check=True,
             capture_output=True,
         )
+        authenticated.touch()
     process.start(
         [
             "java", f"-Xmx{settings.kafka_heap}", f"-Xms{settings.kafka_heap}",

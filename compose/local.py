@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 import time
@@ -14,8 +15,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 
+from ams import credentials
 from ams.settings import Settings
-from compose import gateways, kafka, postgres, readiness, redis_server
+from compose import gateways, kafka, postgres, readiness, redis_server, security
 from compose.process import ManagedProcess
 from compose.system import ensure_packages
 
@@ -31,11 +33,13 @@ class Component:
     stop_signal: int = signal.SIGTERM
     start_timeout: float = 90.0
     group: str | None = None  # a name that addresses this component with others (`ams down gateway`)
+    # Run once it answers its probe (each time `ams up` finds it): gives the principals their rights there.
+    secure: Callable[[], Awaitable[None]] | None = None
 
 
-def _ams_process(argv: list[str]) -> Callable[[Settings, ManagedProcess], None]:
+def _ams_process(argv: list[str], principal: str) -> Callable[[Settings, ManagedProcess], None]:
     def start(settings: Settings, process: ManagedProcess) -> None:
-        process.start([sys.executable, "-m", "ams.cli", *argv])
+        process.start([sys.executable, "-m", "ams.cli", *argv], env={**os.environ, "AMS_PRINCIPAL": principal})
 
     return start
 
@@ -53,15 +57,18 @@ def infrastructure(settings: Settings) -> list[Component]:
     ] if settings.milvus_is_lite else []
     return [
         Component(
-            "kafka", settings.kafka_bootstrap, kafka.start, partial(readiness.kafka_round_trip, settings)
+            "kafka", settings.kafka_bootstrap, kafka.start, partial(readiness.kafka_round_trip, settings),
+            secure=partial(security.secure_kafka, settings),
         ),
-        Component("redis", settings.redis_url, redis_server.start, partial(readiness.redis_ping, settings)),
+        Component("redis", security.redacted(settings.redis_url), redis_server.start,
+                  partial(readiness.redis_ping, settings)),
         Component(
             "postgres",
-            settings.postgres_dsn,
+            security.redacted(settings.postgres_dsn),
             postgres.start,
             partial(readiness.postgres_select, settings),
             stop_signal=signal.SIGINT,  # PostgreSQL's "fast" shutdown
+            secure=partial(security.secure_postgres, settings, postgres.DATABASE),
         ),
         *milvus,
     ]
@@ -72,7 +79,7 @@ def services(settings: Settings) -> list[Component]:
         Component(
             f"projector-{name}",
             f"http://127.0.0.1:{settings.projector_metrics_port + index}/metrics",
-            _ams_process(["project", name]),
+            _ams_process(["project", name], credentials.projector(name)),
             partial(readiness.http_ok, f"http://127.0.0.1:{settings.projector_metrics_port + index}/readyz"),
         )
         for index, name in enumerate(PROJECTIONS)
@@ -154,6 +161,8 @@ class LocalStack:
                 f"{component.name} did not become ready: {error}\n"
                 f"Its log ({process.log_path}) ends with:\n{process.log_tail()}"
             ) from None
+        if component.secure is not None:
+            asyncio.run(asyncio.wait_for(component.secure(), 60))
         return started
 
     def down(self, names: list[str] | None = None) -> list[str]:
@@ -167,6 +176,11 @@ class LocalStack:
         """Stop the component's process with ``signum`` (default: its own stop signal), waiting until it is
         gone; False if it was not running."""
         return self.process(component.name).stop(signum=component.stop_signal if signum is None else signum)
+
+    def posture(self, name: str) -> str:
+        """How the component ``name`` authenticates its clients and protects its traffic."""
+        postures = security.posture(self.settings)
+        return postures.get(name) or postures[name.split("-", 1)[0]]
 
     def status(self) -> list[tuple[str, str, str, str]]:
         """(name, state, pid, address) for each component."""

@@ -11,12 +11,13 @@ import shutil
 import subprocess
 import tempfile
 
+from ams import credentials
 from ams.settings import Settings
+from compose import security
 from compose.process import ManagedProcess
 from compose.system import postgres_bin
 
-USER = "ams"
-PASSWORD = "ams"
+USER = credentials.postgres_role(credentials.ADMIN)  # the cluster's owner: the operator's tools, never a component
 DATABASE = "ams"
 
 
@@ -35,8 +36,14 @@ def start(settings: Settings, process: ManagedProcess) -> None:
     data_dir = root / "data"
     root.mkdir(parents=True, exist_ok=True)
     _chown_for_postgres(root)
+    authenticated = root / ".roles"  # made with the cluster: its owner's password is the admin principal's
+    if (data_dir / "PG_VERSION").exists() and not authenticated.exists():
+        raise SystemExit(f"{data_dir} was made before PostgreSQL had a role per component and a generated "
+                         f"password. Stop the stack (`ams down`) and remove {settings.home} to start afresh.")
     if not (data_dir / "PG_VERSION").exists():
-        _initdb(data_dir)
+        _initdb(data_dir, security.password(settings, credentials.ADMIN))
+        authenticated.touch()
+    tls = security.postgres_tls(settings, root, _run_as())
     postgres = postgres_bin("postgres")
     assert postgres, "postgres server program not found; run `ams up` to install it"
     process.start(
@@ -47,17 +54,18 @@ def start(settings: Settings, process: ManagedProcess) -> None:
             "-c", "unix_socket_directories=",
             "-c", "fsync=on",
             "-c", "max_connections=200",
+            *tls,
         ],
         user=_run_as(),
         cwd=root,
     )
 
 
-def _initdb(data_dir: os.PathLike[str]) -> None:
+def _initdb(data_dir: os.PathLike[str], password: str) -> None:
     initdb = postgres_bin("initdb")
     assert initdb, "initdb not found; run `ams up` to install PostgreSQL"
     with tempfile.NamedTemporaryFile("w", suffix=".pw", delete=False) as pwfile:
-        pwfile.write(PASSWORD)
+        pwfile.write(password)
     _chown_for_postgres(pwfile.name)
     try:
         subprocess.run(

@@ -17,7 +17,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from ams import kafka_clients
 from ams.settings import Settings
-from compose import postgres
+from compose import postgres, security
 
 READINESS_TOPIC = "ams.readiness"
 DYNAMIC_TOPIC_CONFIG = 1  # DescribeConfigs' source of a setting made on the topic itself
@@ -42,7 +42,7 @@ async def kafka_topics(settings: Settings) -> None:
     its events) and is kept forever too: vector views are rebuilt from it without re-embedding.
     Topics made by an older version (with the broker's default message size) get today's configuration.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**settings.kafka.client_options())
     await admin.start()
     try:
         forever = log_topic_configs()
@@ -89,13 +89,13 @@ async def kafka_round_trip(settings: Settings) -> None:
     """Produce a record and read it back: the broker accepts writes and serves reads."""
     await kafka_topics(settings)
     marker = uuid.uuid4().hex.encode()
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    producer = AIOKafkaProducer(**settings.kafka.client_options(), acks="all")
     await producer.start()
     try:
         sent = await producer.send_and_wait(READINESS_TOPIC, marker)
     finally:
         await kafka_clients.stop(producer)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**settings.kafka.client_options(), enable_auto_commit=False)
     await consumer.start()
     try:
         partition = TopicPartition(READINESS_TOPIC, sent.partition)
@@ -119,8 +119,7 @@ async def redis_ping(settings: Settings) -> None:
 
 async def postgres_select(settings: Settings) -> None:
     """SELECT 1 on the server, creating the AMS database on first start."""
-    server_dsn = settings.postgres_dsn.rsplit("/", 1)[0] + "/postgres"
-    connection = await asyncpg.connect(server_dsn, timeout=5)
+    connection = await asyncpg.connect(security.dsn_of(settings.postgres_dsn, "postgres"), timeout=5)
     try:
         await connection.fetchval("SELECT 1")
         if not await connection.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", postgres.DATABASE):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from ams.settings import Settings
+from compose import security
 from compose.process import ManagedProcess
 
 
 def start(settings: Settings, process: ManagedProcess) -> None:
     data_dir = settings.home / "redis"
     data_dir.mkdir(parents=True, exist_ok=True)
+    users = security.write_redis_acl(settings, data_dir)
     process.start(
         [
             "redis-server",
@@ -22,5 +24,6 @@ def start(settings: Settings, process: ManagedProcess) -> None:
             "--appendfsync", "everysec",
             "--save", "",
             "--protected-mode", "yes",
+            "--aclfile", str(users),
         ]
     )

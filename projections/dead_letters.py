@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from ams import kafka_clients
+from ams.settings import KafkaAccess
 
 # A dead letter must reach the topic before the checkpoint moves past it: Kafka errors are retried.
 DEAD_LETTER_TRANSIENT: tuple[type[BaseException], ...] = (KafkaError,)
@@ -26,17 +27,17 @@ class DeadLetter:
 
 
 class DeadLetters:
-    def __init__(self, bootstrap: str, dlq_topic: str, source_topic: str) -> None:
+    def __init__(self, kafka: KafkaAccess, dlq_topic: str, source_topic: str) -> None:
         self.dlq_topic = dlq_topic
         self.source_topic = source_topic
-        self.bootstrap = bootstrap
+        self.kafka = kafka
         self._producer: AIOKafkaProducer | None = None
 
     async def _started_producer(self) -> AIOKafkaProducer:
         # Created on first use: aiokafka binds a producer to the running event loop.
         if self._producer is None:
             # Compressed: a poison record may be as large as the log takes, and the letter adds headers.
-            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True,
+            producer = AIOKafkaProducer(**self.kafka.client_options(), acks="all", enable_idempotence=True,
                                         max_request_size=16 << 20, compression_type="gzip")
             await producer.start()
             self._producer = producer

@@ -131,7 +131,7 @@ class EmbedderSink(ProjectionSink):
         self._text_checked = False
 
     async def start(self) -> None:
-        self._producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all",
+        self._producer = AIOKafkaProducer(**self.settings.kafka.client_options(), acks="all",
                                           enable_idempotence=True, max_request_size=16 << 20, linger_ms=2)
         await self._producer.start()
 

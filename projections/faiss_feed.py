@@ -123,7 +123,7 @@ class FaissFeed:
                           self.topic)
         topic = self.topic
         partitions = await self._partitions(topic)
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False,
+        self._consumer = AIOKafkaConsumer(**self.settings.kafka.client_options(), enable_auto_commit=False,
                                           isolation_level="read_committed", max_partition_fetch_bytes=8 << 20,
                                           fetch_max_wait_ms=IDLE_FETCH_WAIT_MS)
         await self._consumer.start()
@@ -133,7 +133,7 @@ class FaissFeed:
 
     async def _partitions(self, topic: str) -> set[int]:
         # A producer's metadata lookup waits for the topic's partitions, which a consumer's does not.
-        producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap)
+        producer = AIOKafkaProducer(**self.settings.kafka.client_options())
         await producer.start()
         try:
             partitions = await producer.partitions_for(topic)
@@ -234,7 +234,7 @@ class FaissFeed:
         behind = {p: offset for p, offset in through.items() if view.checkpoints.get(p, -1) < offset}
         if not behind:
             return
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False,
+        consumer = AIOKafkaConsumer(**self.settings.kafka.client_options(), enable_auto_commit=False,
                                     isolation_level="read_committed", max_partition_fetch_bytes=8 << 20)
         await consumer.start()
         try:

@@ -12,21 +12,22 @@ from collections.abc import AsyncIterator
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ams import kafka_clients
+from ams.settings import KafkaAccess
 from projections.projector import LogRecord
 
 FETCH_MAX = 1000
 
 
 class PartitionReader:
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.bootstrap, self.topic = bootstrap, topic
+    def __init__(self, kafka: KafkaAccess, topic: str) -> None:
+        self.kafka, self.topic = kafka, topic
 
     async def read(self, partition: int, start: int, end: int | None = None) -> AsyncIterator[list[LogRecord]]:
         """Committed records of ``partition`` from ``start`` up to ``end`` (exclusive; None: the end it had when
         called), in batches."""
         # auto_offset_reset="none": an offset the broker does not know raises; it never jumps to the log's end,
         # which would end the read at once as if the stretch held no record.
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+        consumer = AIOKafkaConsumer(**self.kafka.client_options(), enable_auto_commit=False,
                                     isolation_level="read_committed", max_poll_records=FETCH_MAX,
                                     auto_offset_reset="none")
         try:

@@ -180,6 +180,8 @@ async def connect(dsn: str, schema: str) -> asyncpg.Connection:
 async def migrate(connection: asyncpg.Connection, schema: str) -> list[int]:
     """Apply the migrations ``schema`` lacks, in order; return the versions applied by this call."""
     check_schema(schema)
+    if await _up_to_date(connection, schema):
+        return []  # no DDL: a reader (the gateway may only SELECT) gets here once the projection has migrated
     # The lock is taken before the transaction: a transaction that waited for it inside could still see the
     # catalog as it was before the waiting (a schema another process just created would seem absent, and
     # CREATE SCHEMA IF NOT EXISTS would fail on it); a transaction begun after the wait sees it.
@@ -189,6 +191,14 @@ async def migrate(connection: asyncpg.Connection, schema: str) -> list[int]:
         return await _migrate_locked(connection, schema)
     finally:
         await connection.execute("SELECT pg_advisory_unlock(hashtext($1))", lock)
+
+
+async def _up_to_date(connection: asyncpg.Connection, schema: str) -> bool:
+    """Whether ``schema`` has every migration already, found by reading alone."""
+    if not await connection.fetchval("SELECT to_regclass($1) IS NOT NULL", f'"{schema}".schema_migrations'):
+        return False
+    done = {row["version"] for row in await connection.fetch(f'SELECT version FROM "{schema}".schema_migrations')}
+    return {migration.version for migration in MIGRATIONS} <= done
 
 
 async def _migrate_locked(connection: asyncpg.Connection, schema: str) -> list[int]:

@@ -75,6 +75,6 @@ def projector_for(sink: ProjectionSink, settings: Settings, namespace: Namespace
     # A sandbox's label names its owner; in metrics, only when the operator allows it (AMS_METRICS_TENANT_LABELS).
     metrics_label = label if namespace.is_live or settings.metrics_tenant_labels else \
         f"{sink.name} {namespace.metrics_label}"
-    return Projector(sink, DeadLetters(settings.kafka_bootstrap, settings.dlq_topic, topic), settings.default_tenant,
-                     PartitionReader(settings.kafka_bootstrap, topic), label=label, metrics_label=metrics_label,
+    return Projector(sink, DeadLetters(settings.kafka, settings.dlq_topic, topic), settings.default_tenant,
+                     PartitionReader(settings.kafka, topic), label=label, metrics_label=metrics_label,
                      decoder=decoder, max_value_bytes=settings.max_value_bytes)

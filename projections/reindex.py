@@ -209,7 +209,7 @@ async def reindex(settings: Settings, views: Iterable[str] = VIEWS) -> Report:
     client = aioredis.from_url(settings.redis_url)
     inventories: list[FaissGatewayInventory | MilvusInventory] = [
         FaissGatewayInventory(settings) if name == "faiss" else MilvusInventory(settings) for name in views]
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True,
+    producer = AIOKafkaProducer(**settings.kafka.client_options(), acks="all", enable_idempotence=True,
                                 max_request_size=16 << 20)
     await producer.start()
     try:

@@ -84,7 +84,7 @@ class SandboxFollower:
         namespace = spec.namespace(self.settings)
         sink = self.make_sink(self.settings, namespace)
         projector = projector_for(sink, self.settings, namespace)
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False,
+        consumer = AIOKafkaConsumer(**self.settings.kafka.client_options(), enable_auto_commit=False,
                                     isolation_level="read_committed", max_partition_fetch_bytes=16 << 20)
         topic = source_topic(sink, namespace)
         feed = Feed(projector, consumer, topic, group=False)

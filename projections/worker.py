@@ -78,7 +78,7 @@ class ProjectionWorker:
     async def running(self, app: Starlette) -> AsyncIterator[None]:
         listener = _SeekOnAssignment()
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
+            **self.settings.kafka.client_options(),
             group_id=f"ams-projection-{self.name}",
             # Static membership: a worker restarted under the same instance id takes its partitions back at
             # once, instead of waiting for the group to drop its dead predecessor (the session timeout).

@@ -37,6 +37,7 @@ UNAVAILABLE = (*TRANSIENT, *POSTGRES_TRANSIENT, asyncpg.InterfaceError)
 PROJECTION = "postgres"
 ACQUIRE_TIMEOUT = 5.0
 READY_WAIT_SECONDS = 2.0  # see `ColdStore.connection`
+SCHEMA_WAIT_SECONDS = 0.1  # how often a reader looks again for a schema its projection has not made yet
 
 CURRENT = f"""
 SELECT {RECORD_COLUMNS},
@@ -99,8 +100,12 @@ class ColdStore(PositionTracker):
         self._outage_logged = False
 
     async def start(self) -> None:
+        """Start reading; a sandbox's reader starts once its projection has made its schema (the bound on a
+        sandbox's start applies), the live one at once (it answers 503 until PostgreSQL does)."""
         self._pool = borrow(self.settings.postgres_dsn, self.home, self.settings.postgres_schema, max_size=10)
         self._tasks = [asyncio.create_task(self._prepare()), asyncio.create_task(self._poll())]
+        if self.settings.postgres_schema != self.home:
+            await self._ready.wait()
 
     async def stop(self) -> None:
         await cancel_all(self._tasks)
@@ -177,6 +182,10 @@ class ColdStore(PositionTracker):
             except UNAVAILABLE as error:
                 log.warning("PostgreSQL is unavailable to migrate schema %s (%r); retrying in 1s", schema, error)
                 await asyncio.sleep(1)
+            except asyncpg.InsufficientPrivilegeError:
+                # The gateway may only read: the schema's projection has not made it (or its latest migration)
+                # yet, and will shortly.
+                await asyncio.sleep(SCHEMA_WAIT_SECONDS)
         self._ready.set()
         await self._pool.shared.listen(applied_channel(schema), self._on_notify, self._caught_up)
 

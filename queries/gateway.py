@@ -105,7 +105,7 @@ def create_app(settings: Settings) -> Starlette:
     # only reads Redis, so a retry is harmless, and a restart does not fail one request per pooled connection.
     redis_client = aioredis.from_url(settings.redis_url, retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
                                      retry_on_error=[RedisConnectionError])
-    event_log = EventLog(settings.kafka_bootstrap, settings.events_topic,
+    event_log = EventLog(settings.kafka, settings.events_topic,
                          transactional_id=f"ams-gateway-{settings.gateway_instance}", timeout=settings.log_timeout)
     namespaces = GatewayNamespaces(settings, redis_client, event_log)
 

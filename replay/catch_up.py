@@ -82,7 +82,7 @@ class Tracker:
 
 
 async def started_consumer(settings: Settings) -> AIOKafkaConsumer:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**settings.kafka.client_options(), enable_auto_commit=False,
                                 isolation_level="read_committed", max_partition_fetch_bytes=8 << 20)
     await consumer.start()
     return consumer

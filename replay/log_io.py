@@ -55,7 +55,7 @@ Decoded = tuple[ConsumerRecord, Event | None]
 
 async def read_log(settings: Settings, topic: str, selection: Selection) -> AsyncIterator[Decoded]:
     """Every committed record of ``topic`` up to its current end (or the cut), decoded, with a progress bar."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**settings.kafka.client_options(), enable_auto_commit=False,
                                 isolation_level="read_committed", max_partition_fetch_bytes=8 << 20)
     await consumer.start()
     try:
@@ -100,7 +100,7 @@ async def _with_time_of_named_positions(consumer: AIOKafkaConsumer, cut: Cut, to
 
 
 async def _partition_count(settings: Settings, topic: str) -> int:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    producer = AIOKafkaProducer(**settings.kafka.client_options())
     await producer.start()
     try:
         return len(await producer.partitions_for(topic))
@@ -139,7 +139,7 @@ async def export_log(settings: Settings, out: IO[bytes], selection: Selection, t
 
 async def import_log(settings: Settings, lines: Iterable[bytes], topic: str) -> int:
     """Append every exported line to ``topic`` in file order, in one transaction: all of it or nothing."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
+    producer = AIOKafkaProducer(**settings.kafka.client_options(), acks="all",
                                 transactional_id=f"ams-import-{topic}", max_request_size=8 << 20, linger_ms=5,
                                 transaction_timeout_ms=900_000)
     await producer.start()
@@ -162,7 +162,7 @@ async def import_log(settings: Settings, lines: Iterable[bytes], topic: str) -> 
 
 async def log_heads(settings: Settings, topic: str) -> dict[int, int]:
     """The offset the next committed record of each partition will get."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, isolation_level="read_committed")
+    consumer = AIOKafkaConsumer(**settings.kafka.client_options(), isolation_level="read_committed")
     await consumer.start()
     try:
         partitions = [TopicPartition(topic, number) for number in range(await _partition_count(settings, topic))]

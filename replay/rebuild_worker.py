@@ -96,7 +96,7 @@ async def build(settings: Settings, generation: int, partitions: list[int], prog
     projector = projector_for(sink, settings, live(settings), label="redis rebuild")
     client = aioredis.from_url(settings.redis_url)
     switch = client.register_script(SWITCH)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**settings.kafka.client_options(), enable_auto_commit=False,
                                 isolation_level="read_committed", max_partition_fetch_bytes=8 << 20)
     reported = 0.0
 

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import subprocess
 import sys
 
 import redis.asyncio as aioredis
 from rich.progress import Progress
 
+from ams import credentials
 from ams.settings import Settings
 from ams.tasks import cancel_all
 from projections.redis_layout import RedisLayout
@@ -69,8 +71,10 @@ def start_process(settings: Settings, projection: str, lock_token: str) -> None:
     logs = settings.home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / f"rebuild-{projection}.log", "ab") as output:
+        # A rebuild replaces projections' state wholesale: it runs as the operator's principal, not the gateway's.
         subprocess.Popen([sys.executable, "-m", "ams.cli", "rebuild", projection, "--lock-token", lock_token],
                          stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                         env={**os.environ, "AMS_PRINCIPAL": credentials.ADMIN},
                          start_new_session=True)  # not stopped with the gateway that started it
 
 

@@ -91,7 +91,7 @@ async def follow_registry(
     follower starting (or starting again) never serves a sandbox already dropped, whose topics are gone
     (serving one waited for them, and blocked every other sandbox meanwhile). A key dropped and created
     again yields the drop first, so that whoever served the old sandbox lets it go."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**settings.kafka.client_options(), enable_auto_commit=False,
                                 isolation_level="read_committed", fetch_max_wait_ms=REGISTRY_FETCH_WAIT_MS)
     await consumer.start()
     try:
@@ -133,7 +133,7 @@ async def list_sandboxes(settings: Settings) -> dict[bytes, SandboxSpec]:
 
 
 async def _register(settings: Settings, key: bytes, spec: SandboxSpec | None) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(**settings.kafka.client_options(), acks="all", enable_idempotence=True)
     await producer.start()
     try:
         await producer.send_and_wait(registry_topic(settings), orjson.dumps(asdict(spec)) if spec else None, key=key)
@@ -177,7 +177,7 @@ async def _copy(settings: Settings, spec: SandboxSpec, namespace: Namespace) -> 
     """Copy the sandbox's slice of the live log into its topic, in one transaction; how many events went, and
     the last offset written per partition."""
     selection = Selection(None if spec.owner == ALL_TENANTS else spec.owner, spec.key_prefix, spec.source_cut())
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", max_request_size=8 << 20,
+    producer = AIOKafkaProducer(**settings.kafka.client_options(), acks="all", max_request_size=8 << 20,
                                 transactional_id=f"ams-sandbox-{pair_hash(spec.owner, spec.name)}",
                                 transaction_timeout_ms=900_000)
     await producer.start()
@@ -211,7 +211,7 @@ async def drop_sandbox(settings: Settings, owner: str, name: str) -> SandboxSpec
 
 
 async def _delete_topics(settings: Settings, topics: list[str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**settings.kafka.client_options())
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -229,7 +229,7 @@ async def _create_topics(settings: Settings, topics: list[str]) -> None:
 
     Any of them already there, or colliding with a topic that is (Kafka reads ``.`` as ``_``), is a
     SandboxExists and nothing is created; one the broker refuses otherwise takes the others made with it."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**settings.kafka.client_options())
     await admin.start()
     try:
         existing = {kafka_collision_form(topic): topic for topic in await admin.list_topics()}

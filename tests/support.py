@@ -21,13 +21,13 @@ from commands.fold import Outcome, Record, apply, fold
 async def read_topic(settings: Settings, topic: str, since: dict[int, int] | None = None) -> list[ConsumerRecord]:
     """Every committed record of ``topic`` from ``since`` (per partition; default: the start) up to the
     current end of each partition."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    producer = AIOKafkaProducer(**settings.kafka.client_options())
     await producer.start()
     try:
         numbers = sorted(await producer.partitions_for(topic))
     finally:
         await producer.stop()
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**settings.kafka.client_options(), enable_auto_commit=False,
                                 isolation_level="read_committed", max_partition_fetch_bytes=16 << 20)
     await consumer.start()
     try:
@@ -51,7 +51,7 @@ async def produce_raw(settings: Settings, value: bytes, *, key: bytes | None = N
                       headers: list[tuple[str, bytes]] | None = None,
                       compression: str | None = None, topic: str | None = None) -> tuple[int, int]:
     """Produce ``value`` as it is into the live log (or ``topic``), as another tool might."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", compression_type=compression,
+    producer = AIOKafkaProducer(**settings.kafka.client_options(), acks="all", compression_type=compression,
                                 max_request_size=32 << 20)
     await producer.start()
     try:
@@ -118,7 +118,7 @@ async def redis_records(settings: Settings, tenant: str, prefix: str | None = No
 
 
 async def topic_exists(settings: Settings, topic: str) -> bool:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    producer = AIOKafkaProducer(**settings.kafka.client_options())
     await producer.start()
     try:
         return topic in (await producer.client.fetch_all_metadata()).topics()

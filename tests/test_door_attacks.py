@@ -109,7 +109,7 @@ async def test_a_squatted_topic_is_a_409_and_nothing_is_made(settings: Settings,
     name = f"sq-{uuid.uuid4().hex[:6]}"
     namespace = sandbox(settings, tenant, name)
     squat = kafka_collision_form(namespace.embeddings_topic)
-    client = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    client = AIOKafkaAdminClient(**settings.kafka.client_options())
     await client.start()
     try:
         await client.create_topics([NewTopic(squat, 1, 1)])

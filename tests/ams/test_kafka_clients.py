@@ -49,10 +49,10 @@ async def test_a_task_cancelled_while_it_stops_a_client_ends_cancelled(settings:
     if kind == "consumer":
         client = await started_consumer(settings)
     elif kind == "producer":
-        client = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+        client = AIOKafkaProducer(**settings.kafka.client_options())
         await client.start()
     else:
-        client = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        client = AIOKafkaAdminClient(**settings.kafka.client_options())
         await client.start()
     assert await cancelled_while_stopping(client, kafka_clients.stop)
 
@@ -63,11 +63,11 @@ async def test_a_consumer_fetching_when_drained_does_not_leave_a_slowly_consumed
     """A record whose partition's previous records were consumed late is fetched at once, not after the
     long poll (5 s here) of a request sent for the other partitions meanwhile, as aiokafka alone does."""
     topic = f"ams.test.drained.{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**settings.kafka.client_options())
     await admin.start()
     await admin.create_topics([NewTopic(topic, 2, 1)])
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, fetch_max_wait_ms=5000,
+    producer = AIOKafkaProducer(**settings.kafka.client_options())
+    consumer = AIOKafkaConsumer(**settings.kafka.client_options(), fetch_max_wait_ms=5000,
                                 isolation_level="read_committed", enable_auto_commit=False)
     await producer.start()
     await consumer.start()

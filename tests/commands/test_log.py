@@ -15,7 +15,7 @@ pytestmark = pytest.mark.stack
 
 
 async def test_a_batch_after_a_fatal_transactional_error_gets_a_new_producer_and_commits(settings: Settings) -> None:
-    log = EventLog(settings.kafka_bootstrap, settings.events_topic, transactional_id=f"test-{uuid.uuid4()}")
+    log = EventLog(settings.kafka, settings.events_topic, transactional_id=f"test-{uuid.uuid4()}")
     await log.start()
     try:
         # What a broker restart can leave behind: aiokafka's producer refuses every later transaction.

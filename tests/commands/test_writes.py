@@ -94,7 +94,7 @@ async def test_a_batch_is_applied_whole_and_answers_each_operation(api: httpx.As
 
 async def test_an_aborted_transaction_is_never_visible(api: httpx.AsyncClient, settings: Settings,
                                                        tenant: str) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, transactional_id=f"test-{tenant}")
+    producer = AIOKafkaProducer(**settings.kafka.client_options(), transactional_id=f"test-{tenant}")
     await producer.start()
     try:
         await producer.begin_transaction()

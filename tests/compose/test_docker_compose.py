@@ -29,10 +29,11 @@ FILES = {
 }
 
 
-SECRET = {"AMS_JWT_SECRET": "a-test-secret-of-more-than-thirty-two-bytes"}
+SECRETS = {"AMS_JWT_SECRET": "a-test-secret-of-more-than-thirty-two-bytes",
+           "AMS_REDIS_PASSWORD": "redis-test-password", "AMS_POSTGRES_PASSWORD": "postgres-test-password"}
 
 
-def _config(compose_file: str, *args: str, env: dict[str, str] = SECRET) -> subprocess.CompletedProcess[str]:
+def _config(compose_file: str, *args: str, secrets: dict[str, str] = SECRETS) -> subprocess.CompletedProcess[str]:
     executable = shutil.which("docker-compose")
     if executable is None:
         pytest.fail(
@@ -41,7 +42,7 @@ def _config(compose_file: str, *args: str, env: dict[str, str] = SECRET) -> subp
         )
     return subprocess.run(
         [executable, "-f", compose_file, "config", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
-        env={**{name: value for name, value in os.environ.items() if name != "AMS_JWT_SECRET"}, **env},
+        env={**{name: value for name, value in os.environ.items() if name not in SECRETS}, **secrets},
     )
 
 
@@ -57,7 +58,16 @@ def test_compose_file_is_valid(compose_file: str) -> None:
 
 
 @pytest.mark.parametrize("compose_file", list(FILES))
-def test_compose_refuses_to_start_without_a_jwt_secret(compose_file: str) -> None:
+@pytest.mark.parametrize("missing", list(SECRETS))
+def test_compose_file_refuses_to_start_without_a_secret(compose_file: str, missing: str) -> None:
     """No secret written in the file to fall back on: whoever runs it chooses one."""
-    refused = _config(compose_file, "-q", env={})
-    assert refused.returncode != 0 and "AMS_JWT_SECRET" in refused.stderr, refused.stderr
+    rendered = _config(compose_file, "-q", secrets={name: value for name, value in SECRETS.items() if name != missing})
+    assert rendered.returncode != 0
+    assert missing in rendered.stderr
+
+
+@pytest.mark.parametrize("compose_file", list(FILES))
+def test_compose_file_writes_no_backend_password_of_its_own(compose_file: str) -> None:
+    rendered = _config(compose_file).stdout
+    assert "postgresql://ams:ams@" not in rendered and "POSTGRES_PASSWORD: ams\n" not in rendered
+    assert rendered.count("redis-test-password") >= 3  # the server, its health check and every AMS process

@@ -11,6 +11,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
+from ams import credentials
 from ams.settings import Settings
 from commands.keys import kafka_key, partition_for
 from compose import gateways
@@ -71,6 +72,17 @@ def test_background_projections_and_milvus_lite_run_at_a_lower_cpu_priority(
         pid = stack.process(name).pid()
         assert pid is not None, f"{name} is not running"
         assert thread_priorities(pid) == {nice}, name
+
+
+def test_status_shows_each_components_security_and_no_password(stack: LocalStack) -> None:
+    postures = {name: stack.posture(name) for name, _, _, _ in stack.status()}
+    assert postures["kafka"] == "SASL/SCRAM-SHA-512 + ACLs, plaintext"
+    assert postures["redis"] == "ACL users, default off, plaintext"
+    assert postures["postgres"] == "role per component (SCRAM), TLS"
+    assert "loopback only" in postures["milvus-lite"]
+    for name, _, _, address in stack.status():
+        secret = credentials.password(stack.settings.secrets_dir, credentials.ADMIN)
+        assert secret is not None and secret not in address, name
 
 
 def test_the_gateway_name_addresses_every_gateway_process(stack: LocalStack) -> None:

@@ -217,7 +217,7 @@ class ProducePoison:
             ("oversized value", encode(oversized)),
         ]
         # Compressed, the oversized record fits the broker's message size limit whatever the topic allows.
-        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
+        producer = AIOKafkaProducer(**settings.kafka.client_options(), acks="all",
                                     compression_type="gzip", max_request_size=32 << 20)
         await producer.start()
         try:

@@ -92,7 +92,7 @@ class LogView:
 
 async def log_heads(settings: Settings) -> dict[int, int]:
     """The next offset of each partition of the event log."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**settings.kafka.client_options(), enable_auto_commit=False)
     await consumer.start()
     try:
         partitions = [TopicPartition(settings.events_topic, n) for n in range(settings.partitions)]

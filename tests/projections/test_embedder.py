@@ -33,7 +33,7 @@ async def embeddings_topic() -> AsyncIterator[str]:
     """A topic of each test's own, so its marks never reach the live views nor another test."""
     settings = get_settings()
     name = f"test.embeddings.{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**settings.kafka.client_options())
     await admin.start()
     try:
         await admin.create_topics([NewTopic(name, settings.partitions, 1)])

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.stack
 @pytest.fixture
 async def topic(settings: Settings) -> AsyncIterator[str]:
     name = f"ams.test.{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**settings.kafka.client_options())
     await admin.start()
     try:
         await admin.create_topics([NewTopic(name, 1, 1)])
@@ -45,7 +45,7 @@ async def test_records_past_a_gap_or_repeated_are_applied_once_in_log_order(
     ts = now_ms()
     events = [Event(PUT, tenant, "k", {"n": 0}, ts=ts, command_id="c0")] + [
         Event(PATCH, tenant, "k", {f"p{n}": n}, ts=ts + n, command_id=f"c{n}") for n in range(1, 6)]
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    producer = AIOKafkaProducer(**settings.kafka.client_options(), acks="all")
     await producer.start()
     try:
         records = []
@@ -55,8 +55,8 @@ async def test_records_past_a_gap_or_repeated_are_applied_once_in_log_order(
     finally:
         await producer.stop()
     sink = RedisSink(settings.redis_url, RedisLayout(f"test-{uuid.uuid4().hex[:8]}"), partitions=1)
-    letters = DeadLetters(settings.kafka_bootstrap, settings.dlq_topic, topic)
-    projector = Projector(sink, letters, settings.default_tenant, PartitionReader(settings.kafka_bootstrap, topic))
+    letters = DeadLetters(settings.kafka, settings.dlq_topic, topic)
+    projector = Projector(sink, letters, settings.default_tenant, PartitionReader(settings.kafka, topic))
     try:
         await projector.load_checkpoints(assigned=[0])
         # As after a re-seek: the stream starts past the checkpoint (offsets 0 and 1 never handed over),

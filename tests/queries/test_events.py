@@ -25,7 +25,7 @@ async def write_events(settings: Settings, api: httpx.AsyncClient, tenant: str) 
         await api.put(f"/v1/kv/job/{index % 4}", json={"run": index})
     written = await api.put("/v1/kv/job/0", json="stale", headers={"If-Match": '"0"'})
     assert written.status_code == 409
-    log = EventLog(settings.kafka_bootstrap, settings.events_topic, transactional_id=f"test-{uuid.uuid4()}")
+    log = EventLog(settings.kafka, settings.events_topic, transactional_id=f"test-{uuid.uuid4()}")
     await log.start()
     try:
         observed = await log.append(Event(STREAM_APPEND, tenant, "job/log", {"line": 1}, id=uuid7(), ts=now_ms(),

@@ -22,7 +22,7 @@ async def gateway_namespaces(settings: Settings) -> AsyncIterator[GatewayNamespa
     """A gateway's namespaces, without the live one or the registry follower: only what a test includes. Each
     part of a sandbox must start within 10 s (the default is 20)."""
     client = aioredis.from_url(settings.redis_url)
-    event_log = EventLog(settings.kafka_bootstrap, settings.events_topic,
+    event_log = EventLog(settings.kafka, settings.events_topic,
                          transactional_id=f"test-namespaces-{uuid.uuid4().hex}", timeout=settings.log_timeout)
     await event_log.start()
     served = GatewayNamespaces(settings, client, event_log, step_seconds=10.0)

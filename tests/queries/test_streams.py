@@ -18,7 +18,7 @@ pytestmark = pytest.mark.stack
 
 @pytest.fixture
 async def event_log(settings: Settings) -> AsyncIterator[EventLog]:
-    log = EventLog(settings.kafka_bootstrap, settings.events_topic, transactional_id=f"test-{uuid.uuid4()}")
+    log = EventLog(settings.kafka, settings.events_topic, transactional_id=f"test-{uuid.uuid4()}")
     await log.start()
     yield log
     await log.stop()

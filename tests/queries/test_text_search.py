@@ -142,7 +142,7 @@ async def test_bad_searches_are_clear_4xx_and_change_nothing(
     settings: Settings, api: httpx.AsyncClient, body: dict[str, Any], status: int, code: str
 ) -> None:
     await search(api, await put_all(api, {"anchor": {"text": "an anchor"}}), text="anchor")
-    log = EventLog(settings.kafka_bootstrap, settings.events_topic, transactional_id=f"test-{uuid.uuid4()}")
+    log = EventLog(settings.kafka, settings.events_topic, transactional_id=f"test-{uuid.uuid4()}")
     await log.start()
     try:
         before = await log.end_offsets()

@@ -115,7 +115,7 @@ async def test_faiss_and_milvus_agree_on_a_fixture(api: httpx.AsyncClient) -> No
 
 async def test_a_wrong_dimension_is_a_422_that_appends_nothing(settings: Settings, api: httpx.AsyncClient) -> None:
     await put_all(api, {"first": {"embedding": [1, 2, 3]}})
-    log = EventLog(settings.kafka_bootstrap, settings.events_topic, transactional_id=f"test-{uuid.uuid4()}")
+    log = EventLog(settings.kafka, settings.events_topic, transactional_id=f"test-{uuid.uuid4()}")
     await log.start()
     try:
         before = await log.end_offsets()

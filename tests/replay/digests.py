@@ -69,7 +69,7 @@ async def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
 
 async def last_offsets(settings: Settings, topic: str) -> dict[int, int]:
     """The offset of the last record (not commit marker) of each partition of ``topic``."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**settings.kafka.client_options(), enable_auto_commit=False,
                                 isolation_level="read_committed")
     await consumer.start()
     try:
@@ -106,14 +106,14 @@ async def wait_postgres_caught_up(settings: Settings, schema: str, timeout: floa
 async def reference_postgres(settings: Settings, schema: str, through: dict[int, int]) -> None:
     """A fresh PostgreSQL projection of the log, exactly through ``through``, in ``schema``."""
     sink = PostgresSink(settings.postgres_dsn, schema, settings.partitions)
-    dead_letters = DeadLetters(settings.kafka_bootstrap, settings.dlq_topic, settings.events_topic)
+    dead_letters = DeadLetters(settings.kafka, settings.dlq_topic, settings.events_topic)
     consumer = await started_consumer(settings)
     redis = aioredis.from_url(settings.redis_url)
     try:
         tracker = Tracker(RebuildState(f"reference-{schema}", 0), redis, RedisLayout(settings.redis_prefix),
                           progress_display(quiet=True))
         projector = Projector(sink, dead_letters, settings.default_tenant,
-                              PartitionReader(settings.kafka_bootstrap, settings.events_topic),
+                              PartitionReader(settings.kafka, settings.events_topic),
                               max_value_bytes=settings.max_value_bytes)
         builder = Builder(projector, consumer, settings.events_topic,
                           settings.partitions, tracker)

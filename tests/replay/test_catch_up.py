@@ -32,7 +32,7 @@ RECORDS = 10
 @contextlib.asynccontextmanager
 async def one_partition_topic(settings: Settings) -> AsyncIterator[str]:
     name = f"ams.test.{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**settings.kafka.client_options())
     await admin.start()
     try:
         await admin.create_topics([NewTopic(name, 1, 1)])
@@ -47,11 +47,11 @@ async def started_builder(settings: Settings, topic: str) -> AsyncIterator[Build
     """A started `Builder` of ``topic`` into a Redis namespace of its own."""
     layout = RedisLayout(f"test-{uuid.uuid4().hex[:8]}")
     sink = RedisSink(settings.redis_url, layout, partitions=1)
-    letters = DeadLetters(settings.kafka_bootstrap, settings.dlq_topic, topic)
+    letters = DeadLetters(settings.kafka, settings.dlq_topic, topic)
     consumer = await started_consumer(settings)
     redis = aioredis.from_url(settings.redis_url)
     try:
-        projector = Projector(sink, letters, settings.default_tenant, PartitionReader(settings.kafka_bootstrap, topic))
+        projector = Projector(sink, letters, settings.default_tenant, PartitionReader(settings.kafka, topic))
         tracker = Tracker(RebuildState("catch-up test", 0), redis, layout, progress_display(quiet=True))
         builder = Builder(projector, consumer, topic, 1, tracker)
         await builder.start()
@@ -66,7 +66,7 @@ async def started_builder(settings: Settings, topic: str) -> AsyncIterator[Build
 @pytest.fixture
 async def topic(settings: Settings, tenant: str) -> AsyncIterator[str]:
     async with one_partition_topic(settings) as name:
-        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+        producer = AIOKafkaProducer(**settings.kafka.client_options(), acks="all")
         await producer.start()
         try:
             for n in range(RECORDS):
@@ -91,7 +91,7 @@ async def test_records_fetched_past_the_bound_are_read_again_not_skipped(setting
 async def transactional_topic(settings: Settings, tenant: str) -> AsyncIterator[str]:
     """Three records written in one transaction: offsets 0 to 2, and its commit marker at offset 3."""
     async with one_partition_topic(settings) as name:
-        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, transactional_id=name)
+        producer = AIOKafkaProducer(**settings.kafka.client_options(), transactional_id=name)
         await producer.start()
         try:
             async with producer.transaction():

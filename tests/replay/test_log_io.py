@@ -53,7 +53,7 @@ async def test_import_appends_the_slice_to_another_topic_in_order(api: httpx.Asy
         await api.put(f"/v1/kv/step/{step % 2}", json=step)
     lines = await exported(settings, Selection(tenant))
     topic = f"ams.test-import-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**settings.kafka.client_options())
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, settings.partitions, 1)])

@@ -39,7 +39,7 @@ class LiveWorker:
     def __init__(self, settings: Settings, schema: str) -> None:
         self.settings = settings
         self.sink = PostgresSink(settings.postgres_dsn, schema, settings.partitions)
-        self.projector = Projector(self.sink, DeadLetters(settings.kafka_bootstrap, settings.dlq_topic,
+        self.projector = Projector(self.sink, DeadLetters(settings.kafka, settings.dlq_topic,
                                                           settings.events_topic), settings.default_tenant,
                                    max_value_bytes=settings.max_value_bytes)
         self.batches = 0

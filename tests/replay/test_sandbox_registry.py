@@ -24,7 +24,7 @@ pytestmark = pytest.mark.stack
 @pytest.fixture
 async def own_registry(settings: Settings) -> Settings:
     mine = replace(settings, events_topic=f"registry-test-{uuid.uuid4().hex[:8]}")
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**settings.kafka.client_options())
     await admin.start()
     try:
         await admin.create_topics([NewTopic(registry_topic(mine), 1, 1, topic_configs={"cleanup.policy": "compact"})])
@@ -35,7 +35,7 @@ async def own_registry(settings: Settings) -> Settings:
 
 async def write(settings: Settings, records: list[tuple[SandboxSpec, bool]]) -> None:
     """Register each spec (True) or drop it (False), in order."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(**settings.kafka.client_options(), acks="all", linger_ms=5)
     await producer.start()
     try:
         for spec, created in records:
