@@ -59,9 +59,11 @@ def source_topic(sink: ProjectionSink, namespace: Namespace) -> str:
     return namespace.embeddings_topic if sink.source == "embeddings" else namespace.topic
 
 
-def projector_for(sink: ProjectionSink, settings: Settings, namespace: Namespace, *, label: str = "") -> Projector:
+def projector_for(sink: ProjectionSink, settings: Settings, namespace: Namespace, *, label: str = "",
+                  after_apply: Callable[[], None] | None = None) -> Projector:
     """The one way a projector is made, live, for a sandbox or for a rebuild (``label`` names it in logs and
-    metrics): the same dead letters, decoding and value-size limit."""
+    metrics): the same dead letters, decoding and value-size limit. ``after_apply``: the fault suite's hook
+    (`projections.faults`), from the worker that makes the projector."""
     topic = source_topic(sink, namespace)
     decoder: Callable[[LogRecord], Any] | None = None
     if sink.source == "embeddings":
@@ -71,4 +73,4 @@ def projector_for(sink: ProjectionSink, settings: Settings, namespace: Namespace
     label = label or (sink.name if namespace.is_live else f"{sink.name} {namespace.label}")
     return Projector(sink, DeadLetters(settings.kafka_bootstrap, settings.dlq_topic, topic), settings.default_tenant,
                      PartitionReader(settings.kafka_bootstrap, topic), label=label, decoder=decoder,
-                     max_value_bytes=settings.max_value_bytes)
+                     max_value_bytes=settings.max_value_bytes, after_apply=after_apply)
