@@ -41,8 +41,8 @@ async def batch(request: Request) -> Response:
         raise ApiError(413, "batch_too_large",
                        f"a batch holds at most {settings.max_batch_operations} operations, got {len(operations)}")
     events = [
-        _batchnew_event(principal, index, operation, settings.max_value_bytes,
-                     f"{command_id}#{index}" if command_id else None)
+        _event_of(principal, index, operation, settings.max_value_bytes,
+                  f"{command_id}#{index}" if command_id else None)
         for index, operation in enumerate(operations)
     ]
     positions = await command_context(request).log.append_atomically(events)
@@ -62,7 +62,7 @@ async def batch(request: Request) -> Response:
 _BATCH_OPS = {"put": PUT, "delete": DELETE, "patch": PATCH}
 
 
-def _batchnew_event(principal: Principal, index: int, operation: Any, max_value: int, command_id: str | None) -> Event:
+def _event_of(principal: Principal, index: int, operation: Any, max_value: int, command_id: str | None) -> Event:
     where = f"operation {index}"
     if not isinstance(operation, dict) or operation.get("op") not in _BATCH_OPS:
         raise ApiError(422, "invalid_batch", f"{where}: needs an 'op' of {', '.join(_BATCH_OPS)}")

@@ -107,7 +107,7 @@ SELECT pg_notify($4, $5)
 """
 
 # (tenant, key); a stream's "key" is its name after the stream mark, which is in no key's grammar.
-Address = tuple[str, str]
+TenantKey = tuple[str, str]
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -248,9 +248,9 @@ class PostgresSink(ProjectionSink):
 
     async def _read_records(
         self, connection: asyncpg.Connection, events: Sequence[Positioned]
-    ) -> dict[Address, Record | None]:
+    ) -> dict[TenantKey, Record | None]:
         addresses = list(dict.fromkeys(_address(item) for item in events))
-        records: dict[Address, Record | None] = dict.fromkeys(addresses)
+        records: dict[TenantKey, Record | None] = dict.fromkeys(addresses)
         for query, wanted in ((READ_RECORDS, [a for a in addresses if not _is_stream(a)]),
                               (READ_STREAMS, [a for a in addresses if _is_stream(a)])):
             if not wanted:
@@ -262,10 +262,10 @@ class PostgresSink(ProjectionSink):
         return records
 
     async def _read_command_index(
-        self, connection: asyncpg.Connection, events: Sequence[Positioned], records: dict[Address, Record | None]
-    ) -> dict[Address, dict[str, Remembered]]:
+        self, connection: asyncpg.Connection, events: Sequence[Positioned], records: dict[TenantKey, Record | None]
+    ) -> dict[TenantKey, dict[str, Remembered]]:
         """What the command index of each key with a full list of command ids holds of the batch's ids."""
-        index: dict[Address, dict[str, Remembered]] = {}
+        index: dict[TenantKey, dict[str, Remembered]] = {}
         wanted = [(address, item.event.command_id) for item in events
                   if item.event.command_id is not None and consults_index(records[address := _address(item)])]
         for query, stream in ((LOOKUP_KEY_COMMANDS, False), (LOOKUP_STREAM_COMMANDS, True)):
@@ -281,12 +281,12 @@ class PostgresSink(ProjectionSink):
         return index
 
     def _fold(
-        self, partition: int, events: Sequence[Positioned], records: dict[Address, Record | None],
-        index: dict[Address, dict[str, Remembered]],
-    ) -> tuple[list[Outcome | None], list[tuple[Any, ...]], dict[Address, Record]]:
+        self, partition: int, events: Sequence[Positioned], records: dict[TenantKey, Record | None],
+        index: dict[TenantKey, dict[str, Remembered]],
+    ) -> tuple[list[Outcome | None], list[tuple[Any, ...]], dict[TenantKey, Record]]:
         outcomes: list[Outcome | None] = []
         history: list[tuple[Any, ...]] = []
-        touched: dict[Address, Record] = {}
+        touched: dict[TenantKey, Record] = {}
         for item in events:
             address = _address(item)
             known = index.setdefault(address, {})
@@ -320,7 +320,7 @@ class PostgresSink(ProjectionSink):
         return (partition, item.offset, event.id, event.tenant, event.key, event.actor, event.ts,
                 orjson.dumps(event.data), event.command_id)
 
-    def _stream_columns(self, touched: dict[Address, Record]) -> list[list[Any]]:
+    def _stream_columns(self, touched: dict[TenantKey, Record]) -> list[list[Any]]:
         columns: list[list[Any]] = [[] for _ in range(8)]
         for (tenant, marked), record in touched.items():
             stream = marked.removeprefix(STREAM_MARK)
@@ -330,7 +330,7 @@ class PostgresSink(ProjectionSink):
                 column.append(value)
         return columns
 
-    def _record_columns(self, touched: dict[Address, Record]) -> list[list[Any]]:
+    def _record_columns(self, touched: dict[TenantKey, Record]) -> list[list[Any]]:
         columns: list[list[Any]] = [[] for _ in range(10)]
         for (tenant, key), record in touched.items():
             row = (
@@ -343,10 +343,10 @@ class PostgresSink(ProjectionSink):
         return columns
 
 
-def _address(item: Positioned) -> Address:
+def _address(item: Positioned) -> TenantKey:
     event = item.event
     return (event.tenant, STREAM_MARK + event.key if event.type == STREAM_APPEND else event.key)
 
 
-def _is_stream(address: Address) -> bool:
+def _is_stream(address: TenantKey) -> bool:
     return address[1].startswith(STREAM_MARK)

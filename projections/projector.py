@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,12 +29,6 @@ PROGRESS_SECONDS = 5.0  # how often a long catch-up says how far it got
 # settle() moves a checkpoint over at most this many offsets without records: the commit marker of a
 # transaction, or an aborted batch (at most AMS_MAX_BATCH_OPERATIONS records) and its marker.
 SETTLE_AT_MOST = 1024
-
-# Fault injection for the fault suite (tests/faults): with AMS_FAULT_EXIT_AFTER_APPLY=N the worker exits with
-# status 137, as if SIGKILLed, right after its N-th successful sink apply and before anything else (its
-# in-memory checkpoint, the Kafka offset commit). Unset or 0, it costs one integer test per batch.
-FAULT_EXIT_AFTER_APPLY = int(os.environ.get("AMS_FAULT_EXIT_AFTER_APPLY") or 0)
-
 
 class LogRecord(Protocol):
     """One record of the log as the projector reads it: an aiokafka `ConsumerRecord` is one as it is."""
@@ -110,7 +103,9 @@ class Projector:
     # Partitions whose next records have not been checked for a gap since they were assigned.
     unverified: set[int] = field(default_factory=set)
     last_handled: dict[int, float] = field(default_factory=dict)  # per partition, time.monotonic()
-    applies: int = 0  # successful sink applies (counted only for AMS_FAULT_EXIT_AFTER_APPLY)
+    # Called right after each successful sink apply, before anything else: the fault suite's hook
+    # (`projections.faults`), given by the worker that builds the projector; None costs one test per batch.
+    after_apply: Callable[[], None] | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
@@ -295,9 +290,8 @@ class Projector:
     async def _apply(self, partition: int, events: list[Positioned], through: int, expected: int) -> None:
         try:
             await self._retrying(f"apply partition {partition}", self.sink.apply, partition, events, through, expected)
-            if FAULT_EXIT_AFTER_APPLY:
-                self.applies += 1
-                _exit_if_armed(self.applies, self.label)
+            if self.after_apply is not None:
+                self.after_apply()
         except CheckpointMoved:
             raise  # decided by _handle_partition: recover, skip forward, or read the log again
         except Exception as error:  # noqa: BLE001 - a bug or a poison event in the sink: isolate it
@@ -335,8 +329,3 @@ class Projector:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-
-def _exit_if_armed(applies: int, label: str) -> None:
-    if applies == FAULT_EXIT_AFTER_APPLY:
-        log.warning("%s projection: AMS_FAULT_EXIT_AFTER_APPLY=%d: exiting right after this sink apply", label, applies)
-        os._exit(137)

@@ -62,9 +62,11 @@ def source_topic(sink: ProjectionSink, namespace: Namespace) -> str:
     return namespace.embeddings_topic if sink.source == "embeddings" else namespace.topic
 
 
-def projector_for(sink: ProjectionSink, settings: Settings, namespace: Namespace, *, label: str = "") -> Projector:
+def projector_for(sink: ProjectionSink, settings: Settings, namespace: Namespace, *, label: str = "",
+                  after_apply: Callable[[], None] | None = None) -> Projector:
     """The one way a projector is made, live, for a sandbox or for a rebuild (``label`` names it in logs and
-    metrics): the same dead letters, decoding and value-size limit."""
+    metrics): the same dead letters, decoding and value-size limit. ``after_apply``: the fault suite's hook
+    (`projections.faults`), from the worker that makes the projector."""
     topic = source_topic(sink, namespace)
     decoder: Callable[[LogRecord], Any] | None = None
     if sink.source == "embeddings":
@@ -77,4 +79,4 @@ def projector_for(sink: ProjectionSink, settings: Settings, namespace: Namespace
         f"{sink.name} {namespace.metrics_label}"
     return Projector(sink, DeadLetters(settings.kafka, settings.dlq_topic, topic), settings.default_tenant,
                      PartitionReader(settings.kafka, topic), label=label, metrics_label=metrics_label,
-                     decoder=decoder, max_value_bytes=settings.max_value_bytes)
+                     decoder=decoder, max_value_bytes=settings.max_value_bytes, after_apply=after_apply)

@@ -23,6 +23,7 @@ from ams.namespaces import Namespace
 from ams.settings import Settings
 from ams.tasks import cancel_all
 from projections import metrics
+from projections.faults import FaultHook, no_fault_hook
 from projections.feed import Feed
 from projections.projectors import projector_for, source_topic
 from projections.sink import ProjectionSink
@@ -34,8 +35,10 @@ MISSING_TOPIC_MAX_PAUSE = 60.0
 
 
 class SandboxFollower:
-    def __init__(self, settings: Settings, make_sink: Callable[[Settings, Namespace], ProjectionSink]) -> None:
-        self.settings, self.make_sink = settings, make_sink
+    def __init__(self, settings: Settings, make_sink: Callable[[Settings, Namespace], ProjectionSink],
+                 fault_hook: FaultHook = no_fault_hook) -> None:
+        """``fault_hook``: the worker's (`projections.faults`), given to each sandbox's projector."""
+        self.settings, self.make_sink, self.fault_hook = settings, make_sink, fault_hook
         self.running: dict[bytes, asyncio.Task[None]] = {}
 
     async def run(self) -> None:
@@ -83,7 +86,7 @@ class SandboxFollower:
     async def _project(self, spec: SandboxSpec) -> None:
         namespace = spec.namespace(self.settings)
         sink = self.make_sink(self.settings, namespace)
-        projector = projector_for(sink, self.settings, namespace)
+        projector = projector_for(sink, self.settings, namespace, after_apply=self.fault_hook(namespace.label))
         consumer = AIOKafkaConsumer(**self.settings.kafka.client_options(), enable_auto_commit=False,
                                     isolation_level="read_committed", max_partition_fetch_bytes=16 << 20)
         topic = source_topic(sink, namespace)

@@ -34,6 +34,7 @@ from ams.serving import QuietServer
 from ams.settings import Settings
 from ams.tasks import cancel_all
 from projections import metrics
+from projections.faults import exit_after_apply_hook
 from projections.feed import Feed
 from projections.projectors import HOT, SANDBOXED, SINKS, projector_for, source_topic
 from projections.sandbox_follower import SandboxFollower
@@ -71,7 +72,8 @@ class ProjectionWorker:
         self.make_sink = SINKS[name]
         self.sink = self.make_sink(settings, live(settings))
         self.topic = source_topic(self.sink, live(settings))
-        self.projector = projector_for(self.sink, settings, live(settings))
+        self.fault_hook = exit_after_apply_hook()  # the fault suite's, read once here (None unless armed)
+        self.projector = projector_for(self.sink, settings, live(settings), after_apply=self.fault_hook(name))
         self.feed: Feed | None = None
 
     @contextlib.asynccontextmanager
@@ -96,7 +98,7 @@ class ProjectionWorker:
         kafka_clients.fetch_when_drained(consumer)
         tasks = [asyncio.create_task(self.feed.run(), name=f"project {self.name}")]
         if self.name in SANDBOXED:
-            follower = SandboxFollower(self.settings, self.make_sink)
+            follower = SandboxFollower(self.settings, self.make_sink, self.fault_hook)
             tasks.append(asyncio.create_task(follower.run(), name="follow sandboxes"))
         try:
             yield

@@ -51,8 +51,9 @@ async def rebuild(settings: Settings, projection: str, *, restart: bool = False,
     sharing the partitions of the Redis rebuild (default: one per CPU). ``lock_token``: the locks the admin
     endpoint took for this process; otherwise they are taken here. Raises `RebuildRunning` when another
     rebuild holds one of them."""
+    projections = rebuilt(projection)
     client = aioredis.from_url(settings.redis_url)
-    lock = RebuildLock(client, RedisLayout(settings.redis_prefix), rebuilt(projection), lock_token)
+    lock = RebuildLock(client, RedisLayout(settings.redis_prefix), projections, lock_token)
     try:
         async with lock.held(adopt=lock_token is not None):
             if projection == ALL:

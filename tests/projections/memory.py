@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, ClassVar
 
+from aiokafka import TopicPartition
+
 from commands.envelope import STREAM_APPEND, Event
 from commands.fold import Outcome, Record, Remembered, apply, remember, visible
 from projections.dead_letters import DeadLetter, DeadLetters
@@ -93,3 +95,48 @@ class MemoryDeadLetters(DeadLetters):
 
     async def close(self) -> None:
         pass
+
+
+class ListConsumer:
+    """What `projections.feed.Feed` asks of an aiokafka consumer, over records kept in a list per partition:
+    positions, seeks, fetches of at most ``fetch`` records a partition, and the head of each partition (which
+    a trailing transaction marker, ``markers``, puts one past the last record)."""
+
+    def __init__(self, topic: str, records: Sequence[LogRecord], fetch: int = 2, markers: Sequence[int] = ()) -> None:
+        self.topic, self.fetch = topic, fetch
+        self.records: dict[int, list[LogRecord]] = {}
+        for record in records:
+            self.records.setdefault(record.partition, []).append(record)
+        self.markers = set(markers)  # partitions whose last offset is a commit marker
+        self.positions: dict[TopicPartition, int] = {}
+
+    def assign(self, partitions: Sequence[TopicPartition]) -> None:
+        self.positions = dict.fromkeys(partitions, 0)
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.positions)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.positions[tp] = offset
+
+    def head(self, partition: int) -> int:
+        found = self.records.get(partition, [])
+        return (found[-1].offset + 1 if found else 0) + (partition in self.markers)
+
+    async def position(self, tp: TopicPartition) -> int:
+        return self.positions[tp]
+
+    async def end_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: self.head(tp.partition) for tp in partitions}
+
+    async def getmany(self, *partitions: TopicPartition, timeout_ms: int = 0,
+                      max_records: int | None = None) -> dict[TopicPartition, list[LogRecord]]:
+        fetched = {}
+        for tp in partitions:
+            left = [record for record in self.records.get(tp.partition, []) if record.offset >= self.positions[tp]]
+            if left:
+                fetched[tp] = left[:self.fetch]
+                self.positions[tp] = left[:self.fetch][-1].offset + 1
+            if len(left) <= self.fetch:  # nothing but markers left: the position moves over them
+                self.positions[tp] = max(self.positions[tp], self.head(tp.partition))
+        return fetched

@@ -151,3 +151,14 @@ async def test_a_partition_busy_recently_is_not_settled() -> None:
     await subject.handle([put(0)])
     await subject.settle({0: 2}, idle=60.0)
     assert subject.checkpoints[0] == 0
+
+
+async def test_the_after_apply_hook_is_called_once_per_successful_sink_apply() -> None:
+    sink = MemorySink()
+    calls: list[int] = []
+    subject = Projector(sink, MemoryDeadLetters(), "default", ListReader(), after_apply=lambda: calls.append(1))
+    await subject.load_checkpoints()
+    sink.unreachable = 1  # a failed attempt is no apply
+    await subject.handle([put(0), put(1)])
+    await subject.handle([put(2)])
+    assert len(calls) == 2
