@@ -11,8 +11,14 @@ new generation has caught up (see `replay/rebuild_redis.py`). A namespace ``pref
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from commands.keys import kafka_key
 
@@ -127,3 +133,20 @@ def _at(prefix: str, generation: int) -> RedisLayout:
     """Layouts are asked for per record on the projector's hot path: make each one once (and look it up by a
     string and an int, which hash in C, rather than by a layout)."""
     return RedisLayout(prefix, generation)
+
+
+class ReadScript:
+    """A Lua script that only reads, run with ``EVALSHA_RO``: Redis then checks its keys as read, not written,
+    so a reader whose ACL user may only read them can run it (the gateway's, `compose.security`), and a replica
+    may serve it. Loaded on first use, and again after Redis forgot its scripts (a restart)."""
+
+    def __init__(self, client: aioredis.Redis, source: str) -> None:
+        self.client, self.source = client, source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, keys: Sequence[str], args: Sequence[str | int] = ()) -> Any:
+        try:
+            return await self.client.evalsha_ro(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self.client.script_load(self.source)
+            return await self.client.evalsha_ro(self.sha, len(keys), *keys, *args)

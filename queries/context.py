@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
 from starlette.requests import Request
 
 from ams.http import authorize
 from ams.settings import Settings
+from projections.redis_layout import ReadScript
 from queries.cold import ColdStore
 from queries.positions import AppliedPositions
 
@@ -21,10 +21,10 @@ class QueryContext:
     applied: AppliedPositions
     partitions: int
     cold: ColdStore  # PostgreSQL: cold reads, history, time travel, streams, the audit feed, watch
-    read_record: AsyncScript = field(init=False)  # `READ_RECORD`, registered on ``redis``
+    read_record: ReadScript = field(init=False)  # `READ_RECORD`, on ``redis``
 
     def __post_init__(self) -> None:
-        self.read_record = self.redis.register_script(READ_RECORD)
+        self.read_record = ReadScript(self.redis, READ_RECORD)
 
 
 # A key's record with its partition's checkpoint and live marker, read together (KEYS: record, checkpoint,

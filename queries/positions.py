@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 
 from ams.tasks import cancel_all
 from commands.keys import Position
-from projections.redis_layout import Announcement, RedisLayout
+from projections.redis_layout import Announcement, ReadScript, RedisLayout
 from queries.hot_cache import SYNC, HotCache, sync_call
 from queries.tracking import POLL_SECONDS, PositionTracker
 
@@ -119,7 +119,7 @@ class AppliedPositions(PositionTracker):
         self.cache = HotCache(hot_keys, partitions) if hot_keys > 0 else None
         self._sync_channel = f"{layout.applied_channel}:sync:{uuid.uuid4().hex}"  # this gateway's own
         self._sync = client.register_script(SYNC)
-        self._read_outcomes = client.register_script(READ_OUTCOMES)
+        self._read_outcomes = ReadScript(client, READ_OUTCOMES)
         self._poll_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 

@@ -159,7 +159,7 @@ async def _matching(ctx: QueryContext, tenant: str, prefix: str, conditions: lis
     while len(matched) < wanted:
         keys = await indexed_keys(ctx, tenant, lower, upper, page)
         records = await read_records(ctx, tenant, keys)
-        matched += [r for r in records if r is not None and matches_all(conditions, r.value)]
+        matched += [r for r in records if r is not None and matches_all(conditions, r.key, r.value)]
         if len(keys) < page:
             break
         lower = b"(" + keys[-1].encode()

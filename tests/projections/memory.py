@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from aiokafka import TopicPartition
 
+from ams.settings import KafkaAccess
 from commands.envelope import STREAM_APPEND, Event
 from commands.fold import Outcome, Record, Remembered, apply, remember, visible
 from projections.dead_letters import DeadLetter, DeadLetters
@@ -87,7 +88,7 @@ class MemoryDeadLetters(DeadLetters):
     """The dead-letter topic as a list."""
 
     def __init__(self) -> None:
-        super().__init__("", "dead-letters", "events")
+        super().__init__(KafkaAccess(""), "dead-letters", "events")
         self.letters: list[DeadLetter] = []
 
     async def send(self, letters: Sequence[DeadLetter], projection: str) -> None:

@@ -104,7 +104,7 @@ async def redis_rebuild_running(settings: Settings, client: aioredis.Redis) -> A
 async def test_the_endpoint_answers_409_while_a_rebuild_of_the_projection_runs(
     api: httpx.AsyncClient, settings: Settings, redis_rebuild_running: None
 ) -> None:
-    operator = {"Authorization": f"Bearer {token_for(settings, settings.operator_tenant, 'memory:admin')}"}
+    operator = {"Authorization": f"Bearer {token_for(settings, 'ops', 'memory:operator')}"}
     for projection in ("redis", "all"):
         refused = await api.post(f"/v1/admin/rebuilds/{projection}", headers=operator)
         assert refused.status_code == 409, refused.text
