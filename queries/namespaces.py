@@ -44,6 +44,9 @@ SANDBOX_HEADER = HEADER.encode()  # as ASGI gives header names: lower case bytes
 STEP_SECONDS = 20.0
 # How long a request naming a sandbox this gateway does not serve waits for its registry follower to catch up.
 CATCH_UP_SECONDS = 5.0
+# A sandbox that did not start is tried again after this pause, doubled each time up to the maximum.
+RETRY_FIRST_PAUSE = 1.0
+RETRY_MAX_PAUSE = 60.0
 
 
 class NotServed(Exception):
@@ -104,6 +107,8 @@ class GatewayNamespaces:
         # One lock per sandbox, so that a sandbox slow to start or stop holds up no other (a few bytes per
         # sandbox this gateway ever saw; dropping one while a waiter is about to take it would let two in).
         self._updating: dict[str, asyncio.Lock] = {}
+        # Sandboxes that did not start, each retried on its own after a pause that doubles (see `_retry`).
+        self._retrying: dict[str, asyncio.Task[None]] = {}
         self.registry_read = 0  # the registry's offset up to which every record has been handled
         self._registry_moved = asyncio.Event()
 
@@ -135,6 +140,7 @@ class GatewayNamespaces:
     async def stop(self) -> None:
         if self._follower is not None:
             await cancel_all([self._follower])
+        await cancel_all(self._retrying.values())
         served = [*self.sandboxes.values(), *([self.live] if self.live else [])]
         await asyncio.gather(*(namespace.stop() for namespace in served))
         await self.channels.stop()
@@ -145,14 +151,36 @@ class GatewayNamespaces:
                 following = follow_registry(self.settings, read_through=self._read_through)
                 async with contextlib.aclosing(following) as registry:  # closed when cancelled
                     async for key, spec in registry:
-                        await self._update(key.decode(), spec)
+                        await self._update_or_retry(key.decode(), spec)
             except asyncio.CancelledError:
                 raise
-            except NotServed as error:
-                log.warning("%s; reading the sandbox registry again in 1s to retry", error)
             except Exception as error:  # noqa: BLE001 - keep following through broker restarts
                 log.warning("lost the sandbox registry (%r); following it again in 1s", error)
             await asyncio.sleep(1)
+
+    async def _update_or_retry(self, key: str, spec: SandboxSpec | None) -> None:
+        """Apply the registry's newest record of ``key``; a sandbox that does not start is reported and
+        retried on its own, so that the records after it (other sandboxes) are handled meanwhile."""
+        pending = self._retrying.pop(key, None)
+        if pending is not None:  # a newer record of the key supersedes the retry
+            await cancel_all([pending])
+        try:
+            await self._update(key, spec)
+        except NotServed as error:
+            self._retrying[key] = asyncio.create_task(self._retry(key, spec, error))
+
+    async def _retry(self, key: str, spec: SandboxSpec | None, error: NotServed) -> None:
+        pause = RETRY_FIRST_PAUSE
+        while True:
+            log.warning("%s; this gateway does not serve it, and tries again in %.0fs", error, pause)
+            await asyncio.sleep(pause)
+            try:
+                await self._update(key, spec)
+            except NotServed as again:
+                error, pause = again, min(2 * pause, RETRY_MAX_PAUSE)
+            else:
+                self._retrying.pop(key, None)
+                return
 
     def _read_through(self, offset: int) -> None:
         if offset > self.registry_read:

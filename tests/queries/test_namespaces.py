@@ -10,9 +10,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from ams.settings import Settings
+from ams.tasks import cancel_all
 from commands.log import EventLog
 from queries.namespaces import GatewayNamespaces, NotServed
-from replay.sandboxes import SandboxSpec, create_sandbox, drop_sandbox
+from replay.sandboxes import SandboxSpec, _register, create_sandbox, drop_sandbox
 
 pytestmark = pytest.mark.stack
 
@@ -53,4 +54,25 @@ async def test_a_sandbox_that_cannot_start_names_the_stuck_part_and_holds_up_no_
             await stuck
         assert f"{tenant}|{ghost.name}" not in gateway_namespaces.sandboxes
     finally:
+        await drop_sandbox(settings, tenant, real.name)
+
+
+async def test_a_registered_sandbox_that_cannot_start_holds_up_no_later_one_and_is_retried(
+    gateway_namespaces: GatewayNamespaces, settings: Settings, tenant: str
+) -> None:
+    """A registration without topics (written past AMS) once made the registry follower read the registry
+    again and again, stuck on it each time: no sandbox registered after it was ever served."""
+    ghost = SandboxSpec(tenant, f"ghost-{uuid.uuid4().hex[:6]}")
+    await _register(settings, ghost.registry_key, ghost)
+    following = asyncio.create_task(gateway_namespaces._follow())
+    real = await create_sandbox(settings, tenant, f"real-{uuid.uuid4().hex[:6]}")
+    try:
+        async with asyncio.timeout(60):
+            while f"{tenant}|{real.name}" not in gateway_namespaces.sandboxes:
+                await asyncio.sleep(0.2)
+        assert f"{tenant}|{ghost.name}" in gateway_namespaces._retrying
+        assert f"{tenant}|{ghost.name}" not in gateway_namespaces.sandboxes
+    finally:
+        await cancel_all([following])
+        await _register(settings, ghost.registry_key, None)
         await drop_sandbox(settings, tenant, real.name)
