@@ -14,8 +14,11 @@ a batch's reads see the state before its writes. Reads carry the store's session
 own writes (vector search included, once the embedder has processed them).
 
 With ``index={"dims": ..., "embed": ..., "fields": [...]}`` the store embeds on the client and AMS's vector
-views index the ``embedding`` field; without ``embed``, a ``query`` goes to the server's text search
-(``{"text": ..., "mode": "semantic"}``). Differences from LangGraph's ``InMemoryStore``, all intended, are
+views index the ``embedding`` field. With an index but no ``embed`` (``index={"fields": [...]}``), the store
+writes the fields' text into the envelope as ``text`` (``"_index": ["text"]``), AMS's built-in text embedder
+embeds it on the server, and a ``query`` goes to the server's text search (``{"text": ..., "mode":
+"semantic"}``). Without an index, as in LangGraph's own stores, nothing is embedded and a ``query`` does not
+rank (every envelope says ``"_index": false``). Differences from LangGraph's ``InMemoryStore``, all intended, are
 listed in docs/ARCHITECTURE.md ("LangGraph's store over AMS").
 """
 
@@ -79,7 +82,7 @@ class AMSStore(BaseStore):
         self.index_config = index
         self.ttl_config = ttl
         self.embeddings = ensure_embeddings(index["embed"]) if index and index.get("embed") else None
-        self._fields = [(path, tokenize_path(path)) for path in ((index or {}).get("fields") or ["$"])]
+        self._fields = _paths((index or {}).get("fields") or ["$"])
 
     def close(self) -> None:
         self._client.close()
@@ -151,7 +154,7 @@ class AMSStore(BaseStore):
 
     def _search(self, op: SearchOp) -> Plan:
         """(the records found, the SearchItems answered)."""
-        if op.query:
+        if op.query and self.index_config is not None:  # without an index, as LangGraph's stores: no ranking
             return (yield from self._semantic_search(op))
         records = yield calls.search_records(namespace_prefix(op.namespace_prefix),
                                              filter={**MARK, **_value_filter(op.filter)},
@@ -196,7 +199,7 @@ class AMSStore(BaseStore):
         texts = {i: self._texts(op) for i, op in enumerate(puts)}
         texts = {i: text for i, text in texts.items() if text}
         vectors: dict[int, list[float]] = {}
-        if texts:
+        if texts and self.embeddings is not None:
             embedded = yield _Embed(list(texts.values()), query=False)
             vectors = dict(zip(texts, embedded, strict=True))
         writes: list[Put | Delete] = []
@@ -211,15 +214,24 @@ class AMSStore(BaseStore):
                 envelope["ttl"] = op.ttl
             if i in vectors:
                 envelope["embedding"] = [float(x) for x in vectors[i]]
+            elif self.embeddings is None:  # AMS embeds the item's text itself (with an index), and nothing else
+                index = self.index_config is not None and i in texts
+                envelope |= {"text": texts[i], "_index": ["text"]} if index else {"_index": False}
             writes.append(Put(key, envelope, ttl=op.ttl * 60 if op.ttl is not None else None))
         return writes
 
     def _texts(self, op: PutOp) -> str:
-        """What is embedded for the item: its indexed fields' texts, one per line ('' for nothing)."""
-        if self.embeddings is None or op.value is None or op.index is False:
+        """What is embedded for the item: its indexed fields' texts, one per line ('' for nothing). Embedded
+        here with ``embed``; without it, by AMS's built-in text embedder (the envelope's ``text``)."""
+        if op.value is None or op.index is False:
             return ""
-        paths = self._fields if op.index is None else [(path, tokenize_path(path)) for path in op.index]
+        paths = self._fields if op.index is None else _paths(op.index)
         return "\n".join(text for _, tokens in paths for text in get_text_at_path(op.value, tokens))
+
+
+def _paths(fields: Iterable[str]) -> list[tuple[str, str | list[str]]]:
+    """LangGraph's field paths, tokenized as its own stores do (``$``, the whole value, stays as it is)."""
+    return [(path, path if path == "$" else tokenize_path(path)) for path in fields]
 
 
 def _item(record: dict[str, Any], kind: type[Item], score: float | None = None) -> Any:

@@ -175,6 +175,36 @@ def test_semantic_search_ranks_and_scores_as_the_in_memory_store(settings: Setti
     assert [item.score or 0 for item in paged] == pytest.approx(ranked[1:3], abs=1e-4)
 
 
+def test_without_embed_the_server_embeds_the_indexed_fields_and_a_query_finds_by_meaning(settings: Settings) -> None:
+    """No ``embed``: AMS's built-in text embedder does the work, and a paraphrase sharing no word finds its item."""
+    store = _store(settings, index={"fields": ["note.body"]})
+    notes = {"hike": "We walked up the mountain trail and camped beside the lake",
+             "stocks": "Shares of the bank dropped sharply after the quarterly report",
+             "cake": "Bake the sponge for forty minutes, then let it cool"}
+    for key, body in notes.items():
+        store.put(("notes", "u1"), key, {"note": {"body": body}, "kind": "diary" if key == "hike" else "other"})
+    store.put(("notes", "u2"), "hike", {"note": {"body": notes["hike"]}, "kind": "diary"})
+    found = store.search(("notes", "u1"), query="an outdoor trekking trip in the hills", limit=3)
+    assert found and found[0].key == "hike"
+    assert all(item.namespace == ("notes", "u1") for item in found)  # the namespace prefix holds on the server
+    assert [item.score or 0 for item in found] == sorted((item.score or 0 for item in found), reverse=True)
+    filtered = store.search(("notes",), query="money and the stock market", filter={"kind": "other"}, limit=5)
+    assert filtered and filtered[0].key == "stocks"
+    assert {item.key for item in filtered} <= {"stocks", "cake"}
+    store.put(("notes", "u1"), "plain", {"note": {"body": "a mountain hike"}}, index=False)
+    assert "plain" not in {item.key for item in store.search(("notes", "u1"), query="mountain hike", limit=10)}
+
+
+def test_without_an_index_a_query_does_not_rank_as_in_langgraphs_stores(settings: Settings) -> None:
+    store, reference = _store(settings), InMemoryStore()
+    for target in (store, reference):
+        target.put(("docs",), "a", {"text": "cats purr"})
+        target.put(("docs",), "b", {"text": "dogs bark"})
+    got = store.search(("docs",), query="dogs")
+    want = reference.search(("docs",), query="dogs")
+    assert [(item.key, item.score) for item in got] == [(item.key, item.score) for item in want]
+
+
 def _sleep_until(moment: datetime) -> None:
     time.sleep(max(0.0, (moment - datetime.now(UTC)).total_seconds()))
 
