@@ -234,6 +234,9 @@ class Settings:
     def __post_init__(self) -> None:
         if self.gateway_processes < 1:
             raise SystemExit(f"AMS_GATEWAY_PROCESSES={self.gateway_processes} must be at least 1.")
+        if not 0 <= self.background_nice <= 19:
+            raise SystemExit(f"AMS_BACKGROUND_NICE={self.background_nice} must be from 0 (the gateway's priority) "
+                             "to 19 (the lowest); raising a priority above it needs privileges AMS does not take.")
         if self.principal not in credentials.CLIENTS:
             raise SystemExit(f"AMS_PRINCIPAL={self.principal!r} is none of {', '.join(credentials.CLIENTS)}.")
         if not self.services_given:
