@@ -164,7 +164,7 @@ async def through_api(settings: Settings, tenant: str, labeled: LabeledSet, quer
 
 
 POSTGRES_FTS = """
-    SELECT key FROM kv_current, to_tsquery('english', $2) AS query
+    SELECT key FROM "{schema}".kv_current, to_tsquery('english', $2) AS query
     WHERE tenant = $1 AND NOT deleted AND to_tsvector('english', value->>'text') @@ query
     ORDER BY ts_rank_cd(to_tsvector('english', value->>'text'), query) DESC, key LIMIT 10
 """
@@ -176,7 +176,8 @@ async def postgres_fts(settings: Settings, tenant: str, labeled: LabeledSet, que
     try:
         deadline = time.monotonic() + 600
         with progress.status("waiting for the PostgreSQL projection to hold every memory"):
-            while await connection.fetchval("SELECT count(*) FROM kv_current WHERE tenant = $1 AND NOT deleted",
+            while await connection.fetchval(f'SELECT count(*) FROM "{settings.postgres_schema}".kv_current '
+                                            "WHERE tenant = $1 AND NOT deleted",
                                             tenant) < len(labeled.memories):
                 if time.monotonic() > deadline:
                     raise SystemExit("the PostgreSQL projection never caught up with the writes")
@@ -185,7 +186,8 @@ async def postgres_fts(settings: Settings, tenant: str, labeled: LabeledSet, que
         for query in queries:
             terms = " | ".join(tokens(query.text))
             start = time.perf_counter()
-            rows = await connection.fetch(POSTGRES_FTS, tenant, terms) if terms else []
+            sql = POSTGRES_FTS.format(schema=settings.postgres_schema)
+            rows = await connection.fetch(sql, tenant, terms) if terms else []
             latencies.samples.append((time.perf_counter() - start) * 1000)
             quality.add(query, [row["key"] for row in rows])
     finally:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -107,8 +107,9 @@ class GatewayNamespaces:
         # One lock per sandbox, so that a sandbox slow to start or stop holds up no other (a few bytes per
         # sandbox this gateway ever saw; dropping one while a waiter is about to take it would let two in).
         self._updating: dict[str, asyncio.Lock] = {}
-        # Sandboxes that did not start, each retried on its own after a pause that doubles (see `_retry`).
-        self._retrying: dict[str, asyncio.Task[None]] = {}
+        # Each registry record is applied in a task of its own (`_apply`): a sandbox slow to start (its
+        # PostgreSQL schema not made yet, or never, when it is dropped at once) holds up no record after it.
+        self._applying: dict[str, asyncio.Task[None]] = {}
         self.registry_read = 0  # the registry's offset up to which every record has been handled
         self._registry_moved = asyncio.Event()
 
@@ -140,7 +141,7 @@ class GatewayNamespaces:
     async def stop(self) -> None:
         if self._follower is not None:
             await cancel_all([self._follower])
-        await cancel_all(self._retrying.values())
+        await cancel_all(self._applying.values())
         served = [*self.sandboxes.values(), *([self.live] if self.live else [])]
         await asyncio.gather(*(namespace.stop() for namespace in served))
         await self.channels.stop()
@@ -159,27 +160,26 @@ class GatewayNamespaces:
             await asyncio.sleep(1)
 
     async def _update_or_retry(self, key: str, spec: SandboxSpec | None) -> None:
-        """Apply the registry's newest record of ``key``; a sandbox that does not start is reported and
-        retried on its own, so that the records after it (other sandboxes) are handled meanwhile."""
-        pending = self._retrying.pop(key, None)
-        if pending is not None:  # a newer record of the key supersedes the retry
+        """Apply the registry's newest record of ``key`` in a task of its own, which supersedes the one of an
+        older record of the key, so that the records after it (other sandboxes) are handled meanwhile."""
+        pending = self._applying.pop(key, None)
+        if pending is not None:
             await cancel_all([pending])
-        try:
-            await self._update(key, spec)
-        except NotServed as error:
-            self._retrying[key] = asyncio.create_task(self._retry(key, spec, error))
+        self._applying[key] = asyncio.create_task(self._apply(key, spec))
 
-    async def _retry(self, key: str, spec: SandboxSpec | None, error: NotServed) -> None:
+    async def _apply(self, key: str, spec: SandboxSpec | None) -> None:
+        """`_update`; a sandbox that does not start is reported and tried again after a pause that doubles."""
         pause = RETRY_FIRST_PAUSE
         while True:
-            log.warning("%s; this gateway does not serve it, and tries again in %.0fs", error, pause)
-            await asyncio.sleep(pause)
             try:
                 await self._update(key, spec)
-            except NotServed as again:
-                error, pause = again, min(2 * pause, RETRY_MAX_PAUSE)
+            except NotServed as error:
+                log.warning("%s; this gateway does not serve it, and tries again in %.0fs", error, pause)
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, RETRY_MAX_PAUSE)
             else:
-                self._retrying.pop(key, None)
+                if self._applying.get(key) is asyncio.current_task():
+                    del self._applying[key]
                 return
 
     def _read_through(self, offset: int) -> None:
@@ -188,9 +188,10 @@ class GatewayNamespaces:
             self._registry_moved.set()
             self._registry_moved = asyncio.Event()
 
-    async def catch_up(self, seconds: float = CATCH_UP_SECONDS) -> None:
-        """Wait until this gateway has handled the sandbox registry up to where it ends now (at most ``seconds``):
-        a sandbox created a moment ago, through another gateway (process) or the CLI, is then served."""
+    async def catch_up(self, keys: Iterable[str] = (), seconds: float = CATCH_UP_SECONDS) -> None:
+        """Wait until this gateway has read the sandbox registry up to where it ends now, and has applied its
+        records of ``keys`` (``owner|name``), at most ``seconds`` in all: a sandbox created a moment ago,
+        through another gateway (process) or the CLI, is then served."""
         try:
             end = await self.live_log.end_offset(registry_topic(self.settings))
         except LogUnavailable as error:
@@ -200,6 +201,9 @@ class GatewayNamespaces:
             async with asyncio.timeout(seconds):
                 while self.registry_read < end:
                     await self._registry_moved.wait()
+                pending = [self._applying[key] for key in keys if key in self._applying]
+                if pending:
+                    await asyncio.wait(pending)
 
     async def _update(self, key: str, spec: SandboxSpec | None) -> None:
         lock = self._updating.setdefault(key, asyncio.Lock())
@@ -254,4 +258,4 @@ class SandboxesKnown:
             return
         namespaces: GatewayNamespaces = state.namespaces
         if namespaces.served(tenant, name) is None:
-            await namespaces.catch_up()
+            await namespaces.catch_up([f"{tenant}|{name}", f"{ALL_TENANTS}|{name}"])

@@ -12,6 +12,7 @@ import orjson
 import pytest
 import redis
 
+from ams import credentials
 from ams.settings import get_settings
 from commands.envelope import DELETE, PUT, STREAM_APPEND, Event, now_ms
 from commands.fold import MAX_REMEMBERED_COMMANDS, Status
@@ -63,8 +64,10 @@ def replica(tmp_path: Path) -> Iterator[str]:
     """A real Redis replica of the stack's Redis, on a port of its own."""
     settings = get_settings()
     port = settings.redis_port + 100
+    password = credentials.password(settings.secrets_dir, credentials.ADMIN)  # the stack's Redis wants a user
+    auth = ["--masteruser", credentials.ADMIN, "--masterauth", password] if password else []
     process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                "--dir", str(tmp_path), "--replicaof", "127.0.0.1", str(settings.redis_port)],
+                                "--dir", str(tmp_path), "--replicaof", "127.0.0.1", str(settings.redis_port), *auth],
                                stdout=subprocess.DEVNULL)
     try:
         client = redis.Redis(port=port)

@@ -70,7 +70,7 @@ async def test_a_registered_sandbox_that_cannot_start_holds_up_no_later_one_and_
         async with asyncio.timeout(60):
             while f"{tenant}|{real.name}" not in gateway_namespaces.sandboxes:
                 await asyncio.sleep(0.2)
-        assert f"{tenant}|{ghost.name}" in gateway_namespaces._retrying
+        assert f"{tenant}|{ghost.name}" in gateway_namespaces._applying  # still being tried
         assert f"{tenant}|{ghost.name}" not in gateway_namespaces.sandboxes
     finally:
         await cancel_all([following])
