@@ -110,7 +110,7 @@ class GatewayNamespaces:
         # Each registry record is applied in a task of its own (`_apply`): a sandbox slow to start (its
         # PostgreSQL schema not made yet, or never, when it is dropped at once) holds up no record after it.
         self._applying: dict[str, asyncio.Task[None]] = {}
-        self.registry_read = 0  # the registry's offset up to which every record has been handled
+        self.registry_read = 0  # the registry's offset up to which every record is applied or being applied
         self._registry_moved = asyncio.Event()
 
     async def serve(self, namespace: Namespace) -> Served:
@@ -173,8 +173,11 @@ class GatewayNamespaces:
         while True:
             try:
                 await self._update(key, spec)
-            except NotServed as error:
-                log.warning("%s; this gateway does not serve it, and tries again in %.0fs", error, pause)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - NotServed, or a backend down: tried again, never dropped
+                log.warning("sandbox %s: %s; this gateway does not serve it, and tries again in %.0fs", key,
+                            error, pause)
                 await asyncio.sleep(pause)
                 pause = min(2 * pause, RETRY_MAX_PAUSE)
             else:
